@@ -1,0 +1,323 @@
+"""The build pipeline: read the model, check every layer (refusing before anything is written),
+prepare the input, write every stage, the overview, the manifest and the build record, then move the
+finished file into place atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from . import image as image_mod
+from . import model as model_mod
+from .errors import XlcnnError
+from .layers import Context, writer_for
+from .layers.base import HANDLERS
+from .layout import FIRST_COL, FIRST_ROW, SheetNames, Tensor, rng, text
+from .workbook import Book
+
+
+@dataclass
+class Stage:
+    step: str
+    writer: object            # LayerWriter, or None for the input
+    tensor: Tensor
+    first_sheet: str
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    seconds: float
+    sheets: int
+    formulas: int
+    constants: int
+    longest_formula: int
+    bytes: int
+    predicted: int | None
+    probability: float | None
+    preprocessing: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+
+def check_output(out, force):
+    out = Path(out)
+    if out.suffix.lower() != ".xlsx":
+        raise XlcnnError(f"output {out} must end in .xlsx")
+    if not out.parent.exists():
+        raise XlcnnError(f"output folder {out.parent} does not exist; create it first")
+    if out.is_dir():
+        raise XlcnnError(f"output {out} is a folder")
+    if out.exists() and not force:
+        raise XlcnnError(f"{out} already exists; pass --force to replace it (the file was left unchanged)")
+    return out
+
+
+def writers_for(loaded):
+    writers = []
+    for layer in loaded.layers:
+        writer = writer_for(layer)
+        if writer is None:
+            raise XlcnnError(f"layer '{layer.name}' ({type(layer).__name__}) is not supported; "
+                             f"xlcnn supports: {', '.join(sorted(HANDLERS))}")
+        writer.check()
+        writers.append(writer)
+    return writers
+
+
+def default_scale(loaded):
+    """Models that start with Rescaling expect raw 0..255 pixels; others 0..1."""
+    first = loaded.layers[0] if loaded.layers else None
+    return 1.0 if first is not None and type(first).__name__ == "Rescaling" else 1 / 255
+
+
+def build(model_path, image_path, out_path, force=False, invert="auto", scale=None, progress=None):
+    started = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    out = check_output(out_path, force)
+    say("reading the model")
+    loaded = model_mod.load(model_path)
+    writers = writers_for(loaded)          # every refusal happens here, before any file exists
+    layout = model_mod.input_layout(loaded)
+    prepared = image_mod.prepare(image_path, loaded.input_shape, layout, invert=invert, scale=scale,
+                                 default_scale=default_scale(loaded))
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    previous_term = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt("terminated")
+
+    try:
+        signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        previous_term = None
+    try:
+        book = Book(tmp)
+        stages = _write_stages(book, loaded, writers, prepared, layout, say)
+        say("writing the overview")
+        predicted, probability = _write_overview(book, loaded, stages, prepared, Path(image_path), out)
+        _write_manifest(book, loaded, stages)
+        _write_about(book, loaded, prepared, Path(model_path), Path(image_path), out, layout, invert, stages)
+        sheets = len(book.wb.worksheets())
+        formulas, constants, longest = book.formulas, book.constants, book.longest_formula
+        say("saving")
+        book.close()
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+    return BuildResult(out, time.perf_counter() - started, sheets, formulas, constants, longest,
+                       out.stat().st_size, predicted, probability, prepared.steps, loaded.notes)
+
+
+def _step(i, total):
+    return f"{i:0{max(2, len(str(total)))}d}"
+
+
+def _write_stages(book, loaded, writers, prepared, layout, say):
+    names = SheetNames()
+    names.make("", "overview")
+    names.make("", "manifest")
+    names.make("", "about")
+    book.add_sheet("overview", back_link=False)  # first tab; filled in at the end
+    total = len(writers) + 1
+    x = prepared.tensor.astype(np.float64)
+    stages = [Stage(_step(1, total), None, _write_input(book, names, _step(1, total), loaded, x, layout), "")]
+    stages[0].first_sheet = stages[0].tensor.places[0][0]
+    tensor = stages[0].tensor
+    for k, writer in enumerate(writers, start=2):
+        step = _step(k, total)
+        say(f"{step} {writer.name} ({writer.kind})")
+        before = len(book.sheets)
+        tensor = writer.write(Context(book, names, step), tensor)
+        tensor.layer = writer.name
+        created = list(book.sheets)[before:]
+        first = created[0] if created else tensor.places[0][0]
+        stages.append(Stage(step, writer, tensor, first))
+    return stages
+
+
+def _write_input(book, names, step, loaded, x, layout):
+    if x.ndim == 1:
+        name = names.make(f"{step} ", "input")
+        sheet = book.add_sheet(name, text("stage.input", step=step, channel=0, channels=1, layout="1-D"))
+        sheet.numbers(FIRST_ROW, FIRST_COL, x[:, None])
+        return Tensor(loaded.input_name, x, None, [(name, FIRST_ROW, FIRST_COL)])
+    if x.ndim != 3:
+        raise XlcnnError(f"model input of shape {x.shape} is not supported (1-D or 3-D inputs are)")
+    channel_axis = 0 if layout == "channels_first" else 2
+    t = Tensor(loaded.input_name, x, channel_axis, [])
+    h, w = t.hw
+    chw = t.chw()
+    for c in range(t.channels):
+        name = names.make(f"{step} ", "input", f" c{c}")
+        sheet = book.add_sheet(name, text("stage.input", step=step, channel=c, channels=t.channels,
+                                          layout=f"{layout}, shape {x.shape}"), map_width=w)
+        sheet.axis_labels(FIRST_ROW, FIRST_COL, h, w)
+        sheet.numbers(FIRST_ROW, FIRST_COL, chw[c])
+        sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + h - 1, FIRST_COL + w - 1, "input_scale")
+        t.places.append((name, FIRST_ROW, FIRST_COL))
+    return t
+
+
+def _shape_text(shape):
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def _write_overview(book, loaded, stages, prepared, image_path, out):
+    sheet = book.sheets["overview"]
+    ws = sheet.ws
+    ws.write(0, 0, text("overview.title", model=loaded.path.name, image=image_path.name), book.fmt_title)
+    ws.write(1, 0, text("overview.subtitle"), book.fmt_explain)
+    ws.freeze_panes(0, 0)
+    final = stages[-1].tensor
+    predicted = probability = None
+    right = 8  # column I: the picture, the preprocessing, the probabilities
+    if final.rank == 1:
+        col = final.column(absolute=True)
+        predicted = int(np.argmax(final.values))
+        probability = float(np.max(final.values))
+        ws.write(3, 0, text("overview.prediction"), book.fmt_header)
+        sheet.formula(3, 1, f"MATCH(MAX({col}),{col},0)-1", predicted, book.fmt_big)
+        ws.write(4, 0, text("overview.confidence"), book.fmt_header)
+        sheet.formula(4, 1, f"MAX({col})", probability, book.fmt_percent)
+        top = 24
+        ws.write(top - 1, right, text("overview.class_header"), book.fmt_header)
+        ws.write(top - 1, right + 1, text("overview.prob_header"), book.fmt_header)
+        for i, v in enumerate(final.values):
+            ws.write_number(top + i, right, i)
+            sheet.formula(top + i, right + 1, final.cell1(i), v, book.fmt_percent)
+        chart = book.wb.add_chart({"type": "bar"})
+        n = len(final.values)
+        chart.add_series({
+            "name": text("overview.chart_title"),
+            "categories": ["overview", top, right, top + n - 1, right],
+            "values": ["overview", top, right + 1, top + n - 1, right + 1],
+            "data_labels": {"value": True, "num_format": "0.0%"},
+        })
+        chart.set_title({"name": text("overview.chart_title")})
+        chart.set_legend({"none": True})
+        chart.set_y_axis({"reverse": True})
+        chart.set_x_axis({"num_format": "0%", "min": 0, "max": 1})
+        chart.set_size({"width": 420, "height": 60 + 22 * min(n, 20)})
+        ws.insert_chart(top - 1, right + 3, chart)
+    # model summary
+    row = 6
+    ws.write(row, 0, text("overview.summary"), book.fmt_title)
+    row += 1
+    for j, head in enumerate(text("overview.summary_headers")):
+        ws.write(row, j, head, book.fmt_header)
+    for stage in stages:
+        row += 1
+        w = stage.writer
+        ws.write(row, 0, stage.step)
+        ws.write(row, 1, stage.tensor.layer)
+        ws.write(row, 2, w.kind if w else "InputLayer")
+        ws.write(row, 3, _shape_text(stage.tensor.values.shape))
+        ws.write_number(row, 4, w.params() if w else 0)
+        sheet.link(row, 5, stage.first_sheet, stage.first_sheet)
+        ws.write(row, 6, (w.describe() if w else "the input image, as numbers") if w else "the input image, as numbers")
+    total_params = sum(s.writer.params() for s in stages if s.writer)
+    row += 1
+    ws.write(row, 3, "total", book.fmt_header)
+    ws.write_number(row, 4, total_params, book.fmt_header)
+    widths = [6, 18, 20, 18, 11, 24, 58]
+    for j, w in enumerate(widths):
+        ws.set_column(j, j, w)
+    # the picture and the preprocessing
+    ws.write(3, right, text("overview.input_heading"), book.fmt_header)
+    if prepared.preview is not None:
+        ws.insert_image(4, right, "input.png", {"image_data": _preview_png(prepared.preview),
+                                                "object_position": 3})
+    ws.write(13, right, text("overview.preprocessing"), book.fmt_header)
+    for i, step in enumerate(prepared.steps):
+        ws.write(14 + i, right, f"{i + 1}. {step}")
+    ws.write(row + 2, 0, text("overview.verify_hint", workbook=out.name), book.fmt_explain)
+    return predicted, probability
+
+
+def _preview_png(preview, size=140):
+    from PIL import Image
+    arr = np.clip(np.asarray(preview) * 255.0, 0, 255).astype(np.uint8)
+    img = Image.fromarray(arr)
+    scale = max(1, size // max(arr.shape[:2]))
+    img = img.resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    buf.seek(0)
+    return buf
+
+
+def _write_manifest(book, loaded, stages):
+    sheet = book.add_sheet("manifest", back_link=False)
+    ws = sheet.ws
+    ws.freeze_panes(1, 0)
+    for j, head in enumerate(text("manifest.headers")):
+        ws.write(0, j, head, book.fmt_header)
+    row = 0
+    for stage in stages:
+        t = stage.tensor
+        klass = stage.writer.kind if stage.writer else "InputLayer"
+        for channel, sheet_name, cells in t.manifest_rows():
+            row += 1
+            ws.write(row, 0, t.layer)
+            if channel is not None:
+                ws.write_number(row, 1, channel)
+            ws.write(row, 2, sheet_name)
+            ws.write(row, 3, cells)
+            ws.write(row, 4, klass)
+            ws.write(row, 5, _shape_text(t.values.shape))
+            if t.channel_axis is not None:
+                ws.write_number(row, 6, t.channel_axis)
+    for j, w in enumerate([22, 8, 28, 12, 18, 16, 12]):
+        ws.set_column(j, j, w)
+
+
+def _write_about(book, loaded, prepared, model_path, image_path, out, layout, invert, stages):
+    sheet = book.add_sheet("about", text("about.title"), back_link=True)
+    ws = sheet.ws
+    base = out.resolve().parent
+
+    def rel(p):
+        try:
+            return os.path.relpath(Path(p).resolve(), base)
+        except ValueError:  # another drive on Windows
+            return str(Path(p).resolve())
+
+    rows = [
+        ("xlcnn_version", __version__),
+        ("created_utc", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")),
+        ("model_path", rel(model_path)),
+        ("model_sha256", loaded.digest),
+        ("model_loader", loaded.loader),
+        ("keras_version", getattr(loaded.keras, "__version__", "")),
+        ("image_path", rel(image_path)),
+        ("image_sha256", model_mod.sha256(image_path)),
+        ("input_layer", loaded.input_name),
+        ("input_shape", _shape_text(loaded.input_shape)),
+        ("input_layout", layout),
+        ("invert", f"{invert} -> {'yes' if prepared.inverted else 'no'}"),
+        ("scale", repr(prepared.scale)),
+        ("preprocessing", " | ".join(prepared.steps)),
+        ("output_layer", stages[-1].tensor.layer),
+        ("arithmetic", "cached values computed by xlcnn in float64; Keras computes in float32"),
+    ]
+    for i, (k, v) in enumerate(rows):
+        ws.write(FIRST_ROW + i, 0, k, book.fmt_header)
+        ws.write_string(FIRST_ROW + i, 1, str(v))
+    ws.set_column(0, 0, 16)
+    ws.set_column(1, 1, 80)

@@ -1,0 +1,17 @@
+"""Per-layer formula writers, one module per layer family, registered by the Keras classes they handle.
+
+To add a layer: write a LayerWriter subclass in the family's module, decorate it with
+@handles("KerasClassName"), declare every config option it reproduces in `options`, and prove it
+against Keras with a test in tests/test_layers.py.
+"""
+
+from . import conv, core, pooling  # noqa: F401  (importing registers the writers)
+from .base import HANDLERS, Context, LayerWriter
+
+__all__ = ["HANDLERS", "Context", "LayerWriter", "writer_for"]
+
+
+def writer_for(layer):
+    """The writer for a Keras layer, or None when no writer claims its class."""
+    cls = HANDLERS.get(type(layer).__name__)
+    return cls(layer) if cls else None

@@ -1,0 +1,216 @@
+"""What every layer writer shares: the registry by Keras class name, option checking, and the
+small writers that several layer families use (an activation block, a softmax column).
+
+A writer is constructed from the Keras layer, `check`s every option of the layer's config before
+anything is written (refusing by name what it cannot reproduce exactly), then `write`s its stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import Refusal
+from ..layout import FIRST_COL, FIRST_ROW, SheetNames, Tensor, rng, text
+from . import activations as act
+
+HANDLERS: dict[str, type] = {}
+
+# Config keys that never change what a trained layer computes at inference.
+TRAINING_ONLY = {
+    "name", "trainable", "kernel_initializer", "bias_initializer", "kernel_regularizer",
+    "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint", "seed",
+    "depthwise_initializer", "pointwise_initializer", "beta_initializer", "gamma_initializer",
+    "moving_mean_initializer", "moving_variance_initializer", "batch_input_shape", "input_shape",
+    "input_dim",
+}
+
+
+def handles(*class_names):
+    """Register a writer for the Keras layer classes it reproduces."""
+    def register(cls):
+        cls.handles = class_names
+        for name in class_names:
+            HANDLERS[name] = cls
+        return cls
+    return register
+
+
+def dtype_name(value):
+    if isinstance(value, dict):
+        value = value.get("config", {}).get("name", value.get("class_name"))
+    return str(value)
+
+
+def pair(value):
+    if isinstance(value, int):
+        return (value, value)
+    return tuple(int(v) for v in value)
+
+
+@dataclass
+class Context:
+    """What a writer needs while writing: the workbook, the sheet-name registry, its step label."""
+    book: object
+    names: SheetNames
+    step: str  # e.g. "03"
+
+    def sheet_name(self, layer_name, suffix=""):
+        return self.names.make(f"{self.step} ", layer_name, suffix)
+
+
+class LayerWriter:
+    handles: tuple = ()
+    kind = ""
+    # option name -> function(value, config) returning None when supported, else the reason
+    options: dict = {}
+    passthrough = False
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.name = layer.name
+        self.config = layer.get_config()
+        self.kind = type(layer).__name__
+
+    # -- checks ------------------------------------------------------------------------------
+    def refuse(self, message):
+        raise Refusal(self.layer, message)
+
+    def check(self):
+        """Refuse, by name, every option this writer does not reproduce exactly."""
+        for key, value in self.config.items():
+            if key in TRAINING_ONLY:
+                continue
+            if key == "dtype":
+                if "float32" != dtype_name(value):
+                    self.refuse(f"dtype policy {dtype_name(value)!r} is not supported; "
+                                "xlcnn reproduces float32 layers only")
+                continue
+            checker = self.options.get(key)
+            if checker is None:
+                self.refuse(f"option {key}={value!r} is not supported by xlcnn "
+                            f"(it would change the math, and xlcnn never ignores an option)")
+            reason = checker(value, self.config)
+            if reason:
+                self.refuse(reason)
+
+    def describe(self):
+        """One line for the overview's 'what it does' column."""
+        return ""
+
+    def params(self):
+        return int(self.layer.count_params()) if self.layer.weights else 0
+
+    def weights(self):
+        return [np.asarray(w, dtype=np.float64) for w in self.layer.get_weights()]
+
+    def write(self, ctx: Context, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+def ok(*_):
+    return None
+
+
+def one_of(*allowed):
+    def checker(value, _config):
+        if value in allowed:
+            return None
+        return f"{value!r} is not supported (supported: {', '.join(map(repr, allowed))})"
+    return checker
+
+
+def activation_option(value, _config):
+    return act.check(value)
+
+
+# -- shared writers ------------------------------------------------------------------------------
+
+def write_elementwise_block(sheet, row0, col0, in_refs, z, name):
+    """Write fn(cell) for a 2-D block whose input references are in_refs (same shape as z)."""
+    formula, fn = act.ELEMENTWISE[name]
+    out = fn(z)
+    h, w = z.shape
+    for i in range(h):
+        for j in range(w):
+            sheet.formula(row0 + i, col0 + j, formula(in_refs[i][j]), out[i, j])
+    return out
+
+
+def write_softmax_column(sheet, col, in_first_row, z, in_col=None, in_sheet=None):
+    """Two columns: exp(z - max z), then softmax = e / sum(e). Returns (values, output column).
+
+    The max subtraction is required, not cosmetic: EXP of a large number is #NUM! in Excel.
+    z lives in column in_col of in_sheet (defaults: this sheet, the column left of `col`).
+    """
+    n = len(z)
+    in_col = col - 1 if in_col is None else in_col
+    src = in_sheet or sheet.name
+    r0 = FIRST_ROW
+    zr = rng(src, in_first_row, in_col, in_first_row + n - 1, in_col, absolute=True)
+    e = np.exp(z - np.max(z))
+    for i in range(n):
+        cell = rng(src, in_first_row + i, in_col, in_first_row + i, in_col)
+        sheet.formula(r0 + i, col, f"EXP({cell}-MAX({zr}))", e[i])
+    er = rng(sheet.name, r0, col, r0 + n - 1, col, absolute=True)
+    out = e / np.sum(e)
+    for i in range(n):
+        sheet.formula(r0 + i, col + 1, f"{rng(sheet.name, r0 + i, col, r0 + i, col)}/SUM({er})", out[i])
+    return out, col + 1
+
+
+def write_1d_activation(sheet, col, in_tensor_col_first_row, z, name, in_col, in_sheet):
+    """Activation of a 1-D column z (at in_sheet!in_col) into this sheet from column `col`.
+
+    Returns (values, output column)."""
+    if name == "softmax":
+        sheet.label(FIRST_ROW - 1, col, "exp(z - max z)")
+        sheet.label(FIRST_ROW - 1, col + 1, "softmax")
+        return write_softmax_column(sheet, col, in_tensor_col_first_row, z, in_col, in_sheet)
+    formula, fn = act.ELEMENTWISE[name]
+    out = fn(z)
+    sheet.label(FIRST_ROW - 1, col, text("stage.out_block", fn=name))
+    for i in range(len(z)):
+        cell = rng(in_sheet, in_tensor_col_first_row + i, in_col, in_tensor_col_first_row + i, in_col)
+        sheet.formula(FIRST_ROW + i, col, formula(cell), out[i])
+    return out, col
+
+
+def block_refs(sheet_name, row0, col0, h, w):
+    return [[rng(sheet_name, row0 + i, col0 + j, row0 + i, col0 + j) for j in range(w)] for i in range(h)]
+
+
+def same_padding(n, k, s, d=1):
+    """Keras 'same' padding: (before, after); the odd extra cell goes after (bottom/right)."""
+    out = -(-n // s)
+    total = max((out - 1) * s + (k - 1) * d + 1 - n, 0)
+    return total // 2, total - total // 2
+
+
+def padding_text(padding, family, pads):
+    """The header text that makes Keras's (asymmetric) padding visible; family is conv or pool."""
+    (top, bottom), (left, right) = pads
+    if padding == "valid":
+        return text("padding.valid")
+    if top == bottom == left == right == 0:
+        return text("padding.none_needed")
+    return text(f"padding.same_{family}", top=top, bottom=bottom, left=left, right=right)
+
+
+def window_geometry(n, k, s, d, padding):
+    """Output length and, for each output index, the input taps (index, kernel tap) inside 0..n-1."""
+    if padding == "same":
+        out = -(-n // s)
+        before = same_padding(n, k, s, d)[0]
+        pads = same_padding(n, k, s, d)
+    else:
+        out = (n - (k - 1) * d - 1) // s + 1
+        before = 0
+        pads = (0, 0)
+    taps = []
+    for o in range(max(out, 0)):
+        start = o * s - before
+        taps.append([(start + a * d, a) for a in range(k) if 0 <= start + a * d < n])
+    return out, taps, pads
+

@@ -1,0 +1,214 @@
+"""Conv2D: each output cell is SUMPRODUCT(window, kernel) summed over input channels, plus bias.
+
+'same' padding is Keras's asymmetric zero padding. Rather than copying the input onto a padded
+sheet, border windows are clipped together with their kernel: the padded zeros would add nothing,
+so the clipped SUMPRODUCT is exactly Keras's sum. Dilated kernels are not contiguous, so they are
+written as explicit products.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
+from . import activations as act
+from .base import (LayerWriter, activation_option, block_refs, handles, ok, one_of, padding_text,
+                   pair, window_geometry, write_elementwise_block)
+
+FORMULA_LIMIT = 8000  # Excel's limit is 8,192 characters; keep a margin for the bias term
+
+
+def _positive_pair(value, _config):
+    if any(v < 1 for v in pair(value)):
+        return f"{value!r} must be positive"
+    return None
+
+
+def _must_be_none(option):
+    def checker(value, _config):
+        return None if value in (None, 0) else f"option {option}={value!r} is not supported"
+    return checker
+
+
+def conv_values(x_chw, kernel, bias, strides, dilation, pads):
+    """Keras's Conv2D in float64: zero padding (before, after) per axis, then strided taps."""
+    (pt, pb), (pl, pr) = pads
+    xp = np.pad(x_chw, ((0, 0), (pt, pb), (pl, pr)))
+    kh, kw, _, cout = kernel.shape
+    sh, sw = strides
+    dh, dw = dilation
+    oh = (xp.shape[1] - (kh - 1) * dh - 1) // sh + 1
+    ow = (xp.shape[2] - (kw - 1) * dw - 1) // sw + 1
+    z = np.zeros((cout, oh, ow))
+    for a in range(kh):
+        for b in range(kw):
+            patch = xp[:, a * dh: a * dh + sh * (oh - 1) + 1: sh, b * dw: b * dw + sw * (ow - 1) + 1: sw]
+            z += np.einsum("chw,co->ohw", patch, kernel[a, b])
+    if bias is not None:
+        z += bias[:, None, None]
+    return z
+
+
+def write_conv_weights(ctx, name, kernel, bias):
+    """Kernel blocks: block (out o, in i) holds kernel[:, :, i, o]; column B holds bias[o].
+    Returns a function giving the absolute range of (o, i, rows a0..a1, cols b0..b1), and the bias cell."""
+    kh, kw, cin, cout = kernel.shape
+    book = ctx.book
+    sheet_name = ctx.sheet_name(name, " w")
+    sheet = book.add_sheet(sheet_name, text("weights.conv_title", name=name, kh=kh, kw=kw, cin=cin, cout=cout))
+    top = FIRST_ROW
+    left = FIRST_COL + 2
+    sheet.label(top - 1, FIRST_COL, text("weights.bias_label"), book.fmt_header)
+    for i in range(cin):
+        sheet.label(top - 1, left + i * (kw + 1), text("weights.in_label", i=i), book.fmt_header)
+    for o in range(cout):
+        r = top + o * (kh + 1)
+        sheet.label(r, 0, text("weights.out_label", o=o), book.fmt_header)
+        if bias is not None:
+            sheet.numbers(r, FIRST_COL, [[bias[o]]], book.fmt_weight)
+        for i in range(cin):
+            sheet.numbers(r, left + i * (kw + 1), kernel[:, :, i, o], book.fmt_weight)
+    last_row = top + cout * (kh + 1) - 2
+    last_col = left + cin * (kw + 1) - 2
+    sheet.color_scale(top, left, last_row, last_col, "weight_scale")
+
+    def kernel_range(o, i, a0, a1, b0, b1):
+        r = top + o * (kh + 1)
+        c = left + i * (kw + 1)
+        return rng(sheet_name, r + a0, c + b0, r + a1, c + b1, absolute=True)
+
+    def bias_cell(o):
+        return rng(sheet_name, top + o * (kh + 1), FIRST_COL, top + o * (kh + 1), FIRST_COL, absolute=True)
+
+    return sheet_name, kernel_range, bias_cell
+
+
+@handles("Conv2D")
+class Conv2DWriter(LayerWriter):
+    options = {
+        "filters": ok, "kernel_size": _positive_pair, "strides": _positive_pair,
+        "dilation_rate": _positive_pair, "padding": one_of("valid", "same"),
+        "data_format": one_of("channels_last", "channels_first"),
+        "groups": lambda v, c: None if v == 1 else
+            f"groups={v} is not supported yet (only groups=1); see the issue on grouped convolutions",
+        "activation": activation_option, "use_bias": ok,
+        "lora_rank": _must_be_none("lora_rank"), "lora_alpha": ok,
+        "quantization_config": _must_be_none("quantization_config"),
+    }
+
+    def describe(self):
+        c = self.config
+        kh, kw = pair(c["kernel_size"])
+        act_name = act.activation_name(c["activation"])
+        extra = f", then {act_name}" if act_name != "linear" else ""
+        return (f"{c['filters']} filters {kh}×{kw}, stride {pair(c['strides'])}, "
+                f"dilation {pair(c['dilation_rate'])}, padding {c['padding']}{extra}")
+
+    def write(self, ctx, x):
+        c = self.config
+        channel_axis = 0 if c["data_format"] == "channels_first" else 2
+        if x.rank != 3 or x.channel_axis != channel_axis:
+            self.refuse(f"expects a 3-D {c['data_format']} input, got shape {x.values.shape}")
+        weights = self.weights()
+        kernel = weights[0]
+        bias = weights[1] if c["use_bias"] else None
+        kh, kw, cin, cout = kernel.shape
+        (sh, sw), (dh, dw) = pair(c["strides"]), pair(c["dilation_rate"])
+        H, W = x.hw
+        oh, taps_h, pads_h = window_geometry(H, kh, sh, dh, c["padding"])
+        ow, taps_w, pads_w = window_geometry(W, kw, sw, dw, c["padding"])
+        if oh < 1 or ow < 1:
+            self.refuse(f"the kernel does not fit the {H}×{W} input")
+        pads = (pads_h, pads_w)
+        z = conv_values(x.chw(), kernel, bias, (sh, sw), (dh, dw), pads)
+        fn = act.activation_name(c["activation"])
+        if fn == "softmax":
+            self.refuse("a fused softmax on a convolution (softmax over channels) is not supported yet; "
+                        "use a Dense layer or an Activation after Flatten")
+
+        wsheet, kernel_range, bias_cell = write_conv_weights(ctx, self.name, kernel, bias)
+        book = ctx.book
+        places, outputs = [], []
+        for o in range(cout):
+            name = ctx.sheet_name(self.name, f" c{o}")
+            title = text("stage.conv", step=ctx.step, name=self.name, channel=o, channels=cout,
+                         kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw,
+                         padding_text=padding_text(c["padding"], "conv", pads))
+            explain = text("stage.conv_explain", channel=o, cin=cin, wsheet=wsheet)
+            sheet = book.add_sheet(name, title, explain, map_width=ow)
+            r0, c0 = FIRST_ROW, FIRST_COL
+            sheet.axis_labels(r0, c0, oh, ow)
+            partial_col = c0 + ow + 1 if fn == "linear" else c0 + 2 * (ow + 1)
+            for i in range(oh):
+                for j in range(ow):
+                    terms = []
+                    for ci in range(cin):
+                        terms.append(self._term(x, ci, o, taps_h[i], taps_w[j], kernel_range, dh, dw))
+                    tail = f"+{bias_cell(o)}" if bias is not None else ""
+                    formula = self._sum(sheet, terms, tail, i, j, z[o, i, j], partial_col, oh, ow,
+                                        x, o, taps_h[i], taps_w[j], kernel, cin)
+                    sheet.formula(r0 + i, c0 + j, formula, z[o, i, j])
+            sheet.color_scale(r0, c0, r0 + oh - 1, c0 + ow - 1)
+            if fn != "linear":
+                a0 = c0 + ow + 1
+                sheet.label(r0 - 2, c0, text("stage.z_block"), book.fmt_header)
+                sheet.label(r0 - 2, a0, text("stage.out_block", fn=fn), book.fmt_header)
+                sheet.axis_labels(r0, a0, oh, ow)
+                write_elementwise_block(sheet, r0, a0, block_refs(name, r0, c0, oh, ow), z[o], fn)
+                sheet.color_scale(r0, a0, r0 + oh - 1, a0 + ow - 1)
+                places.append((name, r0, a0))
+            else:
+                places.append((name, r0, c0))
+            outputs.append(z[o])
+        out = np.stack(outputs)
+        if fn != "linear":
+            out = act.ELEMENTWISE[fn][1](out)
+        values = np.moveaxis(out, 0, channel_axis)
+        return Tensor(self.name, values, channel_axis, places)
+
+    @staticmethod
+    def _term(x, ci, o, taps_i, taps_j, kernel_range, dh, dw):
+        if not taps_i or not taps_j:
+            return None
+        if dh == 1 and dw == 1:
+            (r0, a0), (r1, a1) = taps_i[0], taps_i[-1]
+            (q0, b0), (q1, b1) = taps_j[0], taps_j[-1]
+            return f"SUMPRODUCT({x.window(ci, r0, r1, q0, q1)},{kernel_range(o, ci, a0, a1, b0, b1)})"
+        products = [f"{x.cell(ci, r, q)}*{kernel_range(o, ci, a, a, b, b)}"
+                    for r, a in taps_i for q, b in taps_j]
+        return "(" + "+".join(products) + ")"
+
+    def _sum(self, sheet, terms, tail, i, j, value, partial_col, oh, ow, x, o, taps_i, taps_j, kernel, cin):
+        """Join the per-channel terms; past Excel's formula limit, move chunks to partial-sum cells."""
+        live = [t for t in terms if t]
+        formula = "+".join(live) + tail
+        if not live:
+            return tail[1:] if tail else "0"
+        if len(formula) <= FORMULA_LIMIT:
+            return formula
+        # Split by input channel into chunks that each fit, written in blocks to the right.
+        chunks, current, size = [], [], 0
+        for ci, t in enumerate(terms):
+            if t is None:
+                continue
+            if current and size + len(t) + 1 > FORMULA_LIMIT:
+                chunks.append(current)
+                current, size = [], 0
+            current.append((ci, t))
+            size += len(t) + 1
+        chunks.append(current)
+        refs = []
+        x_chw = x.chw()
+        for k, chunk in enumerate(chunks):
+            col = partial_col + k * (ow + 1)
+            if i == 0 and j == 0:
+                c_first, c_last = chunk[0][0], chunk[-1][0]
+                sheet.label(FIRST_ROW - 2, col, text("stage.partial", c0=c_first, c1=c_last), sheet.book.fmt_header)
+            part = 0.0
+            for ci, _ in chunk:
+                for r, a in taps_i:
+                    for q, b in taps_j:
+                        part += x_chw[ci, r, q] * kernel[a, b, ci, o]
+            sheet.formula(FIRST_ROW + i, col + j, "+".join(t for _, t in chunk), part, sheet.book.fmt_partial)
+            refs.append(rng(sheet.name, FIRST_ROW + i, col + j, FIRST_ROW + i, col + j))
+        return "+".join(refs) + tail

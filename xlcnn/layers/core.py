@@ -1,0 +1,157 @@
+"""Activation, Flatten, Dense, and the layers that are the identity at inference (Dropout & co.)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
+from . import activations as act
+from .base import (LayerWriter, activation_option, block_refs, handles, ok, one_of, write_1d_activation,
+                   write_elementwise_block)
+
+
+@handles("Activation")
+class ActivationWriter(LayerWriter):
+    options = {"activation": activation_option}
+
+    def describe(self):
+        return act.activation_name(self.config["activation"])
+
+    def write(self, ctx, x):
+        fn = act.activation_name(self.config["activation"])
+        book = ctx.book
+        if x.rank == 1:
+            name = ctx.sheet_name(self.name)
+            sheet = book.add_sheet(name, text("stage.activation_1d", step=ctx.step, name=self.name,
+                                              kind=self.kind, fn=fn))
+            src, r0, c0 = x.places[0]
+            values, col = write_1d_activation(sheet, FIRST_COL, r0, x.values, fn, c0, src)
+            sheet.axis_labels(FIRST_ROW, FIRST_COL, len(values), 0)
+            return Tensor(self.name, values, None, [(name, FIRST_ROW, col)])
+        if x.rank != 3:
+            self.refuse(f"inputs of rank {x.rank} are not supported")
+        if fn == "softmax":
+            self.refuse("softmax over a 3-D feature map is not supported yet; apply it after Flatten or Dense")
+        places, maps = [], []
+        h, w = x.hw
+        for ch in range(x.channels):
+            name = ctx.sheet_name(self.name, f" c{ch}")
+            sheet = book.add_sheet(name, text("stage.activation", step=ctx.step, name=self.name, kind=self.kind,
+                                              fn=fn, channel=ch, channels=x.channels), map_width=w)
+            sheet.axis_labels(FIRST_ROW, FIRST_COL, h, w)
+            src, r0, c0 = x.places[ch]
+            maps.append(write_elementwise_block(sheet, FIRST_ROW, FIRST_COL, block_refs(src, r0, c0, h, w),
+                                                x.chw()[ch], fn))
+            sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + h - 1, FIRST_COL + w - 1)
+            places.append((name, FIRST_ROW, FIRST_COL))
+        return Tensor(self.name, np.moveaxis(np.stack(maps), 0, x.channel_axis), x.channel_axis, places)
+
+
+@handles("Flatten")
+class FlattenWriter(LayerWriter):
+    options = {"data_format": one_of("channels_last", "channels_first")}
+
+    def describe(self):
+        return f"copies every value into one column in Keras's order ({self.config['data_format']})"
+
+    def order(self, x):
+        """Keras's Flatten: with data_format='channels_first' the first axis is moved last first."""
+        refs, vals, origin = x.ref_array(), x.values, x.origin_array()
+        if self.config["data_format"] == "channels_first" and x.rank > 1:
+            perm = list(range(1, x.rank)) + [0]
+            refs, vals = refs.transpose(perm), vals.transpose(perm)
+            origin = origin.transpose(perm + [x.rank]) if origin is not None else None
+        return refs.reshape(-1), vals.reshape(-1), (origin.reshape(-1, 3) if origin is not None else None)
+
+    def write(self, ctx, x):
+        refs, values, origin = self.order(x)
+        name = ctx.sheet_name(self.name)
+        book = ctx.book
+        fmt = self.config["data_format"]
+        if x.rank == 3:
+            order = ("channels vary fastest (h, w, c order)" if (fmt == "channels_last") == (x.channel_axis == 2)
+                     else "columns vary fastest, channel slowest (c, h, w order)")
+        else:
+            order = ""
+        sheet = book.add_sheet(name, text("stage.flatten", step=ctx.step, name=self.name, n=len(values),
+                                          data_format=fmt),
+                               text("stage.flatten_explain", order=order))
+        sheet.label(FIRST_ROW - 1, FIRST_COL, "value", book.fmt_header)
+        sheet.label(FIRST_ROW - 1, FIRST_COL + 1, "from (channel, row, col)", book.fmt_header)
+        for i, (r, v) in enumerate(zip(refs, values)):
+            sheet.formula(FIRST_ROW + i, FIRST_COL, r, v)
+            sheet.ws.write_number(FIRST_ROW + i, 0, i, book.fmt_axis)
+            if origin is not None:
+                sheet.label(FIRST_ROW + i, FIRST_COL + 1, "c{} r{} c{}".format(*origin[i]))
+        sheet.ws.set_column(FIRST_COL + 1, FIRST_COL + 1, 22)
+        return Tensor(self.name, values, None, [(name, FIRST_ROW, FIRST_COL)])
+
+
+@handles("Dense")
+class DenseWriter(LayerWriter):
+    options = {
+        "units": ok, "activation": activation_option, "use_bias": ok,
+        "lora_rank": lambda v, c: None if not v else f"lora_rank={v} is not supported",
+        "lora_alpha": ok,
+        "quantization_config": lambda v, c: None if v is None else "quantized Dense layers are not supported",
+    }
+
+    def describe(self):
+        fn = act.activation_name(self.config["activation"])
+        return f"{self.config['units']} units" + (f", then {fn}" if fn != "linear" else "")
+
+    def write(self, ctx, x):
+        if x.rank != 1:
+            self.refuse(f"Dense on a {x.rank}-D input (shape {x.values.shape}) is not supported; "
+                        "add a Flatten layer before it")
+        weights = self.weights()
+        kernel = weights[0]
+        bias = weights[1] if self.config["use_bias"] else None
+        n_in, units = kernel.shape
+        book = ctx.book
+        # weights: one row for the bias, then one row per input; one column per unit
+        wname = ctx.sheet_name(self.name, " w")
+        wsheet = book.add_sheet(wname, text("weights.dense_title", name=self.name, n_in=n_in, units=units))
+        for j in range(units):
+            wsheet.ws.write(FIRST_ROW - 1, FIRST_COL + j, f"unit {j}", book.fmt_header)
+        wsheet.label(FIRST_ROW, 0, text("weights.bias_label"), book.fmt_header)
+        if bias is not None:
+            wsheet.numbers(FIRST_ROW, FIRST_COL, bias[None, :], book.fmt_weight)
+        for i in range(n_in):
+            wsheet.ws.write_number(FIRST_ROW + 1 + i, 0, i, book.fmt_axis)
+        wsheet.numbers(FIRST_ROW + 1, FIRST_COL, kernel, book.fmt_weight)
+        wsheet.color_scale(FIRST_ROW + 1, FIRST_COL, FIRST_ROW + n_in, FIRST_COL + units - 1, "weight_scale")
+
+        z = x.values @ kernel + (bias if bias is not None else 0.0)
+        fn = act.activation_name(self.config["activation"])
+        name = ctx.sheet_name(self.name)
+        sheet = book.add_sheet(name, text("stage.dense", step=ctx.step, name=self.name, units=units, fn=fn),
+                               text("stage.dense_explain", n_in=n_in, wsheet=wname))
+        sheet.label(FIRST_ROW - 1, FIRST_COL, "z", book.fmt_header)
+        xs = x.column(absolute=True)
+        for j in range(units):
+            col = FIRST_COL + j
+            wcol = rng(wname, FIRST_ROW + 1, col, FIRST_ROW + n_in, col, abs_row=True, abs_col=False)
+            formula = f"SUMPRODUCT({xs},{wcol})"
+            if bias is not None:
+                formula += "+" + rng(wname, FIRST_ROW, col, FIRST_ROW, col, abs_row=True, abs_col=False)
+            sheet.formula(FIRST_ROW + j, FIRST_COL, formula, z[j])
+            sheet.ws.write_number(FIRST_ROW + j, 0, j, book.fmt_axis)
+        if fn == "linear":
+            return Tensor(self.name, z, None, [(name, FIRST_ROW, FIRST_COL)])
+        values, col = write_1d_activation(sheet, FIRST_COL + 1, FIRST_ROW, z, fn, FIRST_COL, name)
+        return Tensor(self.name, values, None, [(name, FIRST_ROW, col)])
+
+
+@handles("Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "ActivityRegularization")
+class PassThroughWriter(LayerWriter):
+    """Identity at inference: no sheet of its own; the manifest points at its input's cells."""
+    passthrough = True
+    options = {"rate": ok, "noise_shape": ok, "stddev": ok, "l1": ok, "l2": ok,
+               "data_format": one_of("channels_last", "channels_first")}
+
+    def describe(self):
+        return text("passthrough.identity")
+
+    def write(self, ctx, x):
+        return Tensor(self.name, x.values, x.channel_axis, x.places, notes={"passthrough": True})

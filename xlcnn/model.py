@@ -1,0 +1,237 @@
+"""Reading the model: load a .keras or .h5 file safely, walk its layers, run Keras for reference.
+
+Keras 3 reads .keras and most legacy .h5 files; some Keras 2 files only load with tf_keras (the
+Keras 2 API), which is tried second. Lambda layers hold arbitrary Python code, so the file's
+config is scanned for them *before* any loader runs, and such a model is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import XlcnnError
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def quiet_keras(backend="keras"):
+    """Import keras (or tf_keras) without TensorFlow's start-up chatter on the user's terminal."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    warnings.filterwarnings("ignore", module=r"keras.*")
+    warnings.filterwarnings("ignore", module=r"tf_keras.*")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    with _stderr_silenced():  # TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL
+        if backend == "tf_keras":
+            import tf_keras as module
+        else:
+            import keras as module
+    try:
+        import absl.logging
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:
+        pass
+    return module
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    model: object
+    keras: object            # the module that loaded it: keras or tf_keras
+    loader: str              # "keras" or "tf_keras"
+    layers: list             # the chain of layers after the input, in forward order
+    input_name: str
+    input_shape: tuple       # without the batch axis
+    digest: str = ""
+    notes: list = field(default_factory=list)
+
+    def layer_outputs(self, x):
+        """Every chain layer's output for a batch x, as float64 arrays keyed by layer name."""
+        # Calling the layers one after another (eagerly) is exactly the chain's forward pass, and
+        # avoids Sequential models whose layers carry several graph nodes.
+        outputs = {}
+        t = np.asarray(x, dtype=np.float32)
+        for layer in self.layers:
+            t = layer(t, training=False)
+            outputs[layer.name] = np.asarray(t, dtype=np.float64)
+        return outputs
+
+
+def _config_text(path):
+    """The model's architecture JSON as text, read without building anything."""
+    if path.suffix.lower() == ".keras":
+        with zipfile.ZipFile(path) as zf:
+            return zf.read("config.json").decode("utf-8", "replace")
+    import h5py
+    with h5py.File(path, "r") as fh:
+        cfg = fh.attrs.get("model_config")
+        if cfg is None:
+            raise XlcnnError(f"model file {path} holds weights only (no architecture); "
+                             "save the whole model with model.save(...)")
+        return cfg.decode("utf-8") if isinstance(cfg, bytes) else str(cfg)
+
+
+def _class_names(config_text):
+    names = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("class_name"), str):
+                names.add(node["class_name"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(json.loads(config_text))
+    return names
+
+
+def check_file(path):
+    """Refuse what is not a model file, before any loader touches it."""
+    path = Path(path)
+    if not path.exists():
+        raise XlcnnError(f"model file not found: {path}; check the path")
+    if path.is_dir():
+        raise XlcnnError(f"model path {path} is a folder (a TensorFlow SavedModel?); "
+                         "xlcnn reads .keras and .h5 files: save with model.save('model.keras')")
+    suffix = path.suffix.lower()
+    if suffix not in (".keras", ".h5", ".hdf5"):
+        raise XlcnnError(f"model file {path} has the extension '{suffix}'; xlcnn reads .keras and .h5 files")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise XlcnnError(f"model file {path} is not a .keras archive (not a zip file); "
+                         "is it the right file, or was it truncated?")
+    if suffix != ".keras" and head != HDF5_SIGNATURE:
+        kind = "empty" if not head else "not an HDF5 file"
+        raise XlcnnError(f"model file {path} is {kind}; an .h5 model starts with the HDF5 signature. "
+                         "Is it the right file?")
+    return path
+
+
+def load(path):
+    path = check_file(path)
+    try:
+        names = _class_names(_config_text(path))
+    except XlcnnError:
+        raise
+    except Exception as exc:  # a truncated or damaged file
+        raise XlcnnError(f"cannot read the architecture in {path}: {_first_line(exc)}; "
+                         "the file may be truncated or damaged") from None
+    if "Lambda" in names:
+        raise XlcnnError(f"model {path} contains a Lambda layer (arbitrary Python code); xlcnn does not "
+                         "run code from model files: replace the Lambda with standard layers")
+    errors = []
+    for loader in ("keras", "tf_keras"):
+        if loader == "tf_keras" and path.suffix.lower() == ".keras":
+            break
+        try:
+            module = quiet_keras(loader)
+        except ImportError:
+            errors.append(f"{loader} is not installed (pip install {loader})")
+            continue
+        try:
+            model = module.models.load_model(str(path), compile=False)
+        except Exception as exc:
+            errors.append(f"{loader}: {_first_line(exc)}")
+            continue
+        loaded = _walk(path, model, module, loader)
+        if errors:
+            loaded.notes.append(f"loaded with {loader} (Keras 3 could not: {errors[0]})")
+        return loaded
+    raise XlcnnError(f"cannot load model {path}: " + "; ".join(errors))
+
+
+def _first_line(exc):
+    msg = str(exc).strip().splitlines()
+    return (msg[0] if msg else type(exc).__name__)[:300]
+
+
+def _walk(path, model, module, loader):
+    inputs = getattr(model, "inputs", None) or []
+    if len(inputs) != 1:
+        raise XlcnnError(f"model {path} has {len(inputs)} inputs; xlcnn supports models with one input")
+    if len(getattr(model, "outputs", []) or []) != 1:
+        raise XlcnnError(f"model {path} has {len(model.outputs)} outputs; xlcnn supports one output")
+    shape = tuple(inputs[0].shape[1:])
+    if any(d is None for d in shape):
+        raise XlcnnError(f"model {path} has an input of unknown size {shape}; xlcnn needs a fixed input shape")
+    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    # The first layer must read the model input, and each next layer the previous one's output.
+    previous = inputs[0]
+    sequential = type(model).__name__ == "Sequential"  # a chain by construction
+    for layer in layers:
+        if hasattr(layer, "layers") and type(layer).__name__ in ("Sequential", "Functional", "Model"):
+            raise XlcnnError(f"layer '{layer.name}' is a nested model ({type(layer).__name__}); "
+                             "xlcnn needs a flat model: rebuild it without nesting")
+        if sequential:
+            continue
+        try:
+            reads = layer.input
+        except Exception:
+            raise XlcnnError(f"layer '{layer.name}' ({type(layer).__name__}) is used more than once; "
+                             "shared layers are not supported") from None
+        if isinstance(reads, (list, tuple)) or reads is not previous:
+            raise XlcnnError(f"layer '{layer.name}' ({type(layer).__name__}) does not simply read the previous "
+                             "layer: models with branches are not supported yet (a chain of layers is)")
+        previous = layer.output
+    if layers and not sequential and previous is not model.outputs[0]:
+        raise XlcnnError(f"model {path}: the last layer's output is not the model output")
+    input_name = getattr(inputs[0], "name", "input")
+    input_layers = [layer for layer in model.layers if type(layer).__name__ == "InputLayer"]
+    if input_layers:
+        input_name = input_layers[0].name
+    elif hasattr(model, "_input_layers"):
+        input_name = getattr(model._input_layers[0], "name", input_name)
+    input_name = str(input_name).split(":")[0]
+    return LoadedModel(path=path, model=model, keras=module, loader=loader, layers=layers,
+                       input_name=input_name, input_shape=tuple(int(d) for d in shape), digest=sha256(path))
+
+
+def input_layout(loaded):
+    """Where the model expects channels: the data_format of its first layer that has one."""
+    for layer in loaded.layers:
+        fmt = layer.get_config().get("data_format")
+        if fmt:
+            return fmt
+    return "channels_last"
