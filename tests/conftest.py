@@ -1,0 +1,100 @@
+"""Shared test helpers: tiny real Keras models, LibreOffice recalculation, manifest-driven comparison."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_MODELS = ROOT.parent / "shared" / "models"
+SAMPLES = ROOT / "samples"
+
+needs_libreoffice = pytest.mark.skipif(shutil.which("soffice") is None,
+                                       reason="LibreOffice (soffice) is not installed")
+
+
+def keras():
+    from xlcnn.model import quiet_keras
+    return quiet_keras()
+
+
+def save_model(model, path):
+    path = Path(path)
+    model.save(str(path))
+    return path
+
+
+def openpyxl_block_reader(path):
+    """block(sheet, r0, c0, r1, c1) over the cached values of an .xlsx (as LibreOffice saved them)."""
+    import openpyxl
+    wb = openpyxl.load_workbook(path, data_only=True, read_only=False)
+
+    def block(sheet, r0, c0, r1, c1):
+        ws = wb[sheet]
+        out = np.empty((r1 - r0 + 1, c1 - c0 + 1))
+        for i, row in enumerate(ws.iter_rows(min_row=r0 + 1, max_row=r1 + 1, min_col=c0 + 1, max_col=c1 + 1,
+                                             values_only=True)):
+            out[i] = [np.nan if v is None or isinstance(v, str) else float(v) for v in row]
+        return out
+
+    def rows(sheet):
+        return [list(r) for r in wb[sheet].iter_rows(values_only=True)]
+
+    return block, rows, wb.sheetnames
+
+
+def stage_values(path):
+    """{layer: array in Keras layout} for every manifest entry of a workbook's cached values."""
+    from xlcnn import manifest
+    block, rows, sheets = openpyxl_block_reader(path)
+    entries = manifest.parse(rows("manifest"), sheets)
+    return {layer: manifest.assemble(entries, layer, block) for layer in manifest.layers(entries)}, entries
+
+
+def assert_matches_keras(values, model_path, x, rel=1e-5):
+    """Every layer's workbook values equal Keras's outputs within rel x the layer's scale."""
+    from xlcnn.model import load
+    loaded = load(model_path)
+    outs = loaded.layer_outputs(np.asarray(x)[None])
+    assert loaded.input_name in values, "the manifest has no row for the model input"
+    np.testing.assert_allclose(values[loaded.input_name], np.asarray(x, dtype=np.float64), rtol=0, atol=1e-6)
+    for layer in loaded.layers:
+        assert layer.name in values, f"the manifest has no row for layer {layer.name}"
+        got, want = values[layer.name], outs[layer.name][0]
+        assert got.shape == want.shape, (layer.name, got.shape, want.shape)
+        scale = max(float(np.max(np.abs(want))), 1e-3)
+        err = float(np.max(np.abs(got - want)))
+        assert err <= rel * scale, f"{layer.name}: max error {err:.3g} > {rel} x scale {scale:.3g}"
+    return outs
+
+
+def write_input_cells(src, dst, entries, input_layer, x):
+    """Copy a workbook with new input values typed into its input cells (openpyxl keeps formulas)."""
+    import openpyxl
+    from xlcnn import manifest
+    wb = openpyxl.load_workbook(src)
+    rows = [e for e in entries if e.layer == input_layer]
+    x = np.asarray(x, dtype=np.float64)
+    for e in rows:
+        r0, c0, r1, c1 = e.range
+        if e.channel is None:
+            vals = x.reshape(-1, 1)
+        else:
+            vals = np.moveaxis(x, e.channel_axis, 0)[e.channel]
+        ws = wb[e.sheet]
+        for i in range(r1 - r0 + 1):
+            for j in range(c1 - c0 + 1):
+                ws.cell(row=r0 + 1 + i, column=c0 + 1 + j, value=float(vals[i, j]))
+    wb.save(dst)
+    return Path(dst)
+
+
+@pytest.fixture(scope="session")
+def tf_keras_module():
+    return keras()
