@@ -11,9 +11,25 @@ import math
 
 import numpy as np
 import xlsxwriter
-from xlsxwriter.worksheet import CellFormulaTuple
+from xlsxwriter.utility import xl_rowcol_to_cell_fast
+from xlsxwriter.worksheet import CellFormulaTuple, CellNumberTuple, Worksheet
 
 from .layout import FIRST_COL, FIRST_ROW, style, text
+
+
+class FastWorksheet(Worksheet):
+    """XlsxWriter's worksheet with a short path for plain number cells when the file is saved.
+
+    Weight sheets hold up to millions of numbers; XlsxWriter's general cell writer (attribute lists,
+    escaping) costs several seconds for them. Numbers are written with repr(), which round-trips every double (XlsxWriter's %.16G does not).
+    """
+
+    def _write_cell(self, row, col, cell):
+        if type(cell) is CellNumberTuple and cell.format is not None:
+            self.fh.write(f'<c r="{xl_rowcol_to_cell_fast(row, col)}" s="{cell.format._get_xf_index()}">'
+                          f"<v>{float(cell.number)!r}</v></c>")
+            return
+        super()._write_cell(row, col, cell)
 
 
 class Sheet:
@@ -46,12 +62,26 @@ class Sheet:
         if array.ndim == 1:
             array = array[:, None]
         fmt = fmt or self.book.fmt_number
+        self.book.constants += array.size
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"non-finite constant in a block written to {self.name}")
+        if self.book.fast:
+            # Fast path: one dimension check for the block's corners, then store the cells directly
+            # (write_number's per-cell checks are most of the cost for a million weights).
+            h, w = array.shape
+            self.ws._check_dimensions(row, col)
+            self.ws._check_dimensions(row + h - 1, col + w - 1)
+            table = self.ws.table
+            for i, line in enumerate(array.tolist()):
+                cells = table[row + i]
+                for j, v in enumerate(line):
+                    cells[col + j] = CellNumberTuple(v, fmt)
+            return
         write = self.ws.write_number
         for i, line in enumerate(array.tolist()):
             r = row + i
             for j, v in enumerate(line):
                 write(r, col + j, v, fmt)
-        self.book.constants += array.size
 
     def label(self, row, col, value, fmt=None):
         self.ws.write(row, col, value, fmt or self.book.fmt_label)
@@ -104,7 +134,7 @@ class Book:
         self.fmt_percent = add({"num_format": "0.00%"})
 
     def add_sheet(self, name, title="", explain="", back_link=True, map_width=None):
-        ws = self.wb.add_worksheet(name)
+        ws = self.wb.add_worksheet(name, worksheet_class=FastWorksheet if self.fast else None)
         self.fast = self.fast and hasattr(ws, "table") and hasattr(ws, "_check_dimensions")
         sheet = Sheet(self, ws, name)
         self.sheets[name] = sheet

@@ -1,0 +1,29 @@
+# Two commands do everything on a fresh machine:  make demo  and  make test
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+OUT ?= out
+
+.PHONY: setup demo test bench clean
+
+# Python packages (editable install with test extras) and LibreOffice for the real-recalculation tests.
+setup:
+	$(PIP) install -q -e ".[test]"
+	@command -v soffice >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends libreoffice-calc-nogui; }
+
+demo: setup
+	mkdir -p $(OUT)
+	xlcnn build samples/lenet.keras samples/digits/digit_7.png -o $(OUT)/demo.xlsx --force
+	xlcnn verify $(OUT)/demo.xlsx --json $(OUT)/demo-verify.json
+
+test: setup
+	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+bench: setup
+	$(PYTHON) bench/bench_build.py
+	$(PYTHON) bench/bench_evaluator.py
+
+clean:
+	rm -rf $(OUT) .pytest_cache
