@@ -142,12 +142,9 @@ def _write_stages(book, loaded, writers, prepared, layout, say):
     for k, writer in enumerate(writers, start=2):
         step = _step(k, total)
         say(f"{step} {writer.name} ({writer.kind})")
-        before = len(book.sheets)
         tensor = writer.write(Context(book, names, step), tensor)
         tensor.layer = writer.name
-        created = list(book.sheets)[before:]
-        first = created[0] if created else tensor.places[0][0]
-        stages.append(Stage(step, writer, tensor, first))
+        stages.append(Stage(step, writer, tensor, tensor.places[0][0]))
     return stages
 
 
@@ -179,44 +176,53 @@ def _shape_text(shape):
 
 
 def _write_overview(book, loaded, stages, prepared, image_path, out):
+    """Prediction and class probabilities at the top left, the input picture and the bar chart
+    beside them, then the model summary (with links) and how the input was preprocessed."""
     sheet = book.sheets["overview"]
     ws = sheet.ws
     ws.write(0, 0, text("overview.title", model=loaded.path.name, image=image_path.name), book.fmt_title)
     ws.write(1, 0, text("overview.subtitle"), book.fmt_explain)
     ws.freeze_panes(0, 0)
+    ws.set_landscape()
+    ws.fit_to_pages(1, 0)
     final = stages[-1].tensor
     predicted = probability = None
-    right = 8  # column I: the picture, the preprocessing, the probabilities
+    n = 0
     if final.rank == 1:
         col = final.column(absolute=True)
+        n = len(final.values)
         predicted = int(np.argmax(final.values))
         probability = float(np.max(final.values))
-        ws.write(3, 0, text("overview.prediction"), book.fmt_header)
-        sheet.formula(3, 1, f"MATCH(MAX({col}),{col},0)-1", predicted, book.fmt_big)
-        ws.write(4, 0, text("overview.confidence"), book.fmt_header)
-        sheet.formula(4, 1, f"MAX({col})", probability, book.fmt_percent)
-        top = 24
-        ws.write(top - 1, right, text("overview.class_header"), book.fmt_header)
-        ws.write(top - 1, right + 1, text("overview.prob_header"), book.fmt_header)
+        ws.write(3, 1, text("overview.prediction"), book.fmt_header)
+        sheet.formula(3, 2, f"MATCH(MAX({col}),{col},0)-1", predicted, book.fmt_big)
+        ws.write(4, 1, text("overview.confidence"), book.fmt_header)
+        sheet.formula(4, 2, f"MAX({col})", probability, book.fmt_percent)
+        top = 7
+        ws.write(top - 1, 1, text("overview.class_header"), book.fmt_header)
+        ws.write(top - 1, 2, text("overview.prob_header"), book.fmt_header)
         for i, v in enumerate(final.values):
-            ws.write_number(top + i, right, i)
-            sheet.formula(top + i, right + 1, final.cell1(i), v, book.fmt_percent)
+            ws.write_number(top + i, 1, i)
+            sheet.formula(top + i, 2, final.cell1(i), v, book.fmt_percent)
         chart = book.wb.add_chart({"type": "bar"})
-        n = len(final.values)
         chart.add_series({
             "name": text("overview.chart_title"),
-            "categories": ["overview", top, right, top + n - 1, right],
-            "values": ["overview", top, right + 1, top + n - 1, right + 1],
+            "categories": ["overview", top, 1, top + n - 1, 1],
+            "values": ["overview", top, 2, top + n - 1, 2],
             "data_labels": {"value": True, "num_format": "0.0%"},
+            "fill": {"color": "#5B9BD5"},
+            "gap": 40,
         })
         chart.set_title({"name": text("overview.chart_title")})
         chart.set_legend({"none": True})
         chart.set_y_axis({"reverse": True})
         chart.set_x_axis({"num_format": "0%", "min": 0, "max": 1})
-        chart.set_size({"width": 420, "height": 60 + 22 * min(n, 20)})
-        ws.insert_chart(top - 1, right + 3, chart)
+        chart.set_size({"width": 480, "height": max(200, 60 + 22 * min(n, 20))})
+        ws.insert_chart(3, 6, chart)
+    ws.write(3, 4, text("overview.input_heading"), book.fmt_header)
+    if prepared.preview is not None:
+        ws.insert_image(4, 4, "input.png", {"image_data": _preview_png(prepared.preview), "object_position": 3})
     # model summary
-    row = 6
+    row = max(7 + n, 14) + 2
     ws.write(row, 0, text("overview.summary"), book.fmt_title)
     row += 1
     for j, head in enumerate(text("overview.summary_headers")):
@@ -230,23 +236,18 @@ def _write_overview(book, loaded, stages, prepared, image_path, out):
         ws.write(row, 3, _shape_text(stage.tensor.values.shape))
         ws.write_number(row, 4, w.params() if w else 0)
         sheet.link(row, 5, stage.first_sheet, stage.first_sheet)
-        ws.write(row, 6, (w.describe() if w else "the input image, as numbers") if w else "the input image, as numbers")
-    total_params = sum(s.writer.params() for s in stages if s.writer)
+        ws.write(row, 6, w.describe() if w else "the input image, as numbers")
     row += 1
     ws.write(row, 3, "total", book.fmt_header)
-    ws.write_number(row, 4, total_params, book.fmt_header)
-    widths = [6, 18, 20, 18, 11, 24, 58]
-    for j, w in enumerate(widths):
-        ws.set_column(j, j, w)
-    # the picture and the preprocessing
-    ws.write(3, right, text("overview.input_heading"), book.fmt_header)
-    if prepared.preview is not None:
-        ws.insert_image(4, right, "input.png", {"image_data": _preview_png(prepared.preview),
-                                                "object_position": 3})
-    ws.write(13, right, text("overview.preprocessing"), book.fmt_header)
+    ws.write_number(row, 4, sum(s.writer.params() for s in stages if s.writer), book.fmt_header)
+    for j, width in enumerate([6, 18, 16, 19, 11, 24, 62]):
+        ws.set_column(j, j, width)
+    row += 2
+    ws.write(row, 0, text("overview.preprocessing"), book.fmt_title)
     for i, step in enumerate(prepared.steps):
-        ws.write(14 + i, right, f"{i + 1}. {step}")
-    ws.write(row + 2, 0, text("overview.verify_hint", workbook=out.name), book.fmt_explain)
+        ws.write(row + 1 + i, 1, f"{i + 1}. {step}")
+    row += len(prepared.steps) + 2
+    ws.write(row, 0, text("overview.verify_hint", workbook=out.name), book.fmt_explain)
     return predicted, probability
 
 
