@@ -17,8 +17,8 @@ import numpy as np
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
-# Rows 0-2 hold the back link, the title, the explanation and column indices; data start below.
-FIRST_ROW = 3
+# Row 0: back link and title; row 1: explanation; row 2: block labels; row 3: column indices.
+FIRST_ROW = 4
 FIRST_COL = 1
 
 MAX_SHEET_NAME = 31

@@ -21,7 +21,8 @@ class FastWorksheet(Worksheet):
     """XlsxWriter's worksheet with a short path for plain number cells when the file is saved.
 
     Weight sheets hold up to millions of numbers; XlsxWriter's general cell writer (attribute lists,
-    escaping) costs several seconds for them. Numbers are written with repr(), which round-trips every double (XlsxWriter's %.16G does not).
+    escaping) costs several seconds for them. Numbers are written with repr(), which round-trips
+    every double (XlsxWriter's %.16G does not).
     """
 
     def _write_cell(self, row, col, cell):
@@ -97,8 +98,17 @@ class Sheet:
         for i in range(height):
             self.ws.write_number(row + i, col - 1, i, self.book.fmt_axis)
 
-    def color_scale(self, r0, c0, r1, c1, kind="map_scale"):
+    def color_scale(self, r0, c0, r1, c1, kind="map_scale", values=None):
+        """Colour a block so a feature map reads like a picture. Zero is white when the block has
+        both signs; a block of one sign (after relu, say) runs from white to its sign's colour."""
         s = style(kind)
+        if "mid_color" in s and values is not None and np.size(values):
+            lo, hi = float(np.min(values)), float(np.max(values))
+            if lo >= 0 or hi <= 0:
+                low, high = (s["mid_color"], s["max_color"]) if lo >= 0 else (s["min_color"], s["mid_color"])
+                self.ws.conditional_format(r0, c0, r1, c1, {"type": "2_color_scale", "min_color": low,
+                                                             "max_color": high})
+                return
         if "mid_color" in s:
             opts = {"type": "3_color_scale", "min_color": s["min_color"], "mid_type": "num",
                     "mid_value": 0, "mid_color": s["mid_color"], "max_color": s["max_color"]}
@@ -148,6 +158,8 @@ class Book:
         if map_width:
             ws.set_column(FIRST_COL, FIRST_COL + map_width, style("map_column_width"))
         ws.freeze_panes(FIRST_ROW, FIRST_COL)
+        ws.set_landscape()
+        ws.fit_to_pages(1, 1 if map_width else 0)  # a feature map prints as one page, like a picture
         return sheet
 
     def close(self):

@@ -148,14 +148,14 @@ class Conv2DWriter(LayerWriter):
                     formula = self._sum(sheet, terms, tail, i, j, z[o, i, j], partial_col, oh, ow,
                                         x, o, taps_h[i], taps_w[j], kernel, cin)
                     sheet.formula(r0 + i, c0 + j, formula, z[o, i, j])
-            sheet.color_scale(r0, c0, r0 + oh - 1, c0 + ow - 1)
+            sheet.color_scale(r0, c0, r0 + oh - 1, c0 + ow - 1, values=z[o])
             if fn != "linear":
                 a0 = c0 + ow + 1
                 sheet.label(r0 - 2, c0, text("stage.z_block"), book.fmt_header)
                 sheet.label(r0 - 2, a0, text("stage.out_block", fn=fn), book.fmt_header)
                 sheet.axis_labels(r0, a0, oh, ow)
-                write_elementwise_block(sheet, r0, a0, block_refs(name, r0, c0, oh, ow), z[o], fn)
-                sheet.color_scale(r0, a0, r0 + oh - 1, a0 + ow - 1)
+                a = write_elementwise_block(sheet, r0, a0, block_refs(name, r0, c0, oh, ow), z[o], fn)
+                sheet.color_scale(r0, a0, r0 + oh - 1, a0 + ow - 1, values=a)
                 places.append((name, r0, a0))
             else:
                 places.append((name, r0, c0))

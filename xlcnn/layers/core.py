@@ -42,7 +42,7 @@ class ActivationWriter(LayerWriter):
             src, r0, c0 = x.places[ch]
             maps.append(write_elementwise_block(sheet, FIRST_ROW, FIRST_COL, block_refs(src, r0, c0, h, w),
                                                 x.chw()[ch], fn))
-            sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + h - 1, FIRST_COL + w - 1)
+            sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + h - 1, FIRST_COL + w - 1, values=maps[-1])
             places.append((name, FIRST_ROW, FIRST_COL))
         return Tensor(self.name, np.moveaxis(np.stack(maps), 0, x.channel_axis), x.channel_axis, places)
 

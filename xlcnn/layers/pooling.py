@@ -82,6 +82,6 @@ class Pooling2DWriter(LayerWriter):
                 for j, tw in enumerate(taps_w):
                     window = x.window(ch, th[0][0], th[-1][0], tw[0][0], tw[-1][0])
                     sheet.formula(FIRST_ROW + i, FIRST_COL + j, f"{fn}({window})", out[ch, i, j])
-            sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + oh - 1, FIRST_COL + ow - 1)
+            sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + oh - 1, FIRST_COL + ow - 1, values=out[ch])
             places.append((name, FIRST_ROW, FIRST_COL))
         return Tensor(self.name, np.moveaxis(out, 0, channel_axis), channel_axis, places)
