@@ -98,3 +98,41 @@ def write_input_cells(src, dst, entries, input_layer, x):
 @pytest.fixture(scope="session")
 def tf_keras_module():
     return keras()
+
+
+def random_input(shape, seed):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-2.0, 2.0, size=shape).astype(np.float32)
+
+
+def build_cases(cases, base):
+    """Build a workbook for every case {name: (make_model, suffix)} with a random input, then have
+    LibreOffice recalculate all of them (one start for the lot), then type a second input into
+    each workbook's input cells and recalculate those too.
+
+    Returns {name: dict(model, x, x2, book, lo, lo2)}; lo/lo2 are missing without LibreOffice."""
+    from xlcnn.build import build
+    from xlcnn.libreoffice import recalculate
+    from xlcnn.model import load
+    k = keras()
+    out = {}
+    for i, (name, (make, suffix)) in enumerate(cases.items()):
+        k.utils.set_random_seed(i)
+        model = make()
+        model_path = base / f"{name}{suffix}"
+        model.save(str(model_path))
+        x = random_input(model.input_shape[1:], seed=100 + i)
+        np.save(base / f"{name}.npy", x)
+        book = base / f"{name}.xlsx"
+        build(model_path, base / f"{name}.npy", book)
+        out[name] = dict(model=model_path, x=x, x2=random_input(model.input_shape[1:], seed=200 + i), book=book)
+    if shutil.which("soffice") is None:
+        return out
+    for case, path in zip(out.values(), recalculate([c["book"] for c in out.values()], base / "lo")):
+        case["lo"] = path
+        _, entries = stage_values(path)
+        case["edited"] = write_input_cells(case["book"], base / f"{case['book'].stem}_edited.xlsx", entries,
+                                           load(case["model"]).input_name, case["x2"])
+    for case, path in zip(out.values(), recalculate([c["edited"] for c in out.values()], base / "lo2")):
+        case["lo2"] = path
+    return out

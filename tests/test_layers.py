@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import (SHARED_MODELS, assert_matches_keras, keras, needs_libreoffice, stage_values,
-                      write_input_cells)
+from conftest import SHARED_MODELS, assert_matches_keras, build_cases, keras, needs_libreoffice, stage_values
 
 ACTIVATIONS = ["relu", "tanh", "sigmoid", "linear", "elu", "selu", "softplus", "softsign", "swish",
                "silu", "relu6", "hard_sigmoid", "exponential", "gelu", "leaky_relu"]
@@ -75,45 +74,9 @@ def _cases():
 CASES = list(_cases())
 
 
-def _input(shape, seed):
-    rng = np.random.default_rng(seed)
-    return rng.uniform(-2.0, 2.0, size=shape).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """Build every case, then recalculate all of them with LibreOffice in two batches."""
-    from xlcnn.build import build
-    from xlcnn.libreoffice import recalculate
-    k = keras()
-    base = tmp_path_factory.mktemp("layers")
-    out = {}
-    for i, (name, (make, suffix)) in enumerate(_cases().items()):
-        k.utils.set_random_seed(i)
-        model = make()
-        model_path = base / f"{name}{suffix}"
-        model.save(str(model_path))
-        x = _input(model.input_shape[1:], seed=100 + i)
-        x2 = _input(model.input_shape[1:], seed=200 + i)
-        np.save(base / f"{name}.npy", x)
-        book = base / f"{name}.xlsx"
-        build(model_path, base / f"{name}.npy", book)
-        out[name] = dict(model=model_path, x=x, x2=x2, book=book)
-    if __import__("shutil").which("soffice"):
-        recalculated = recalculate([c["book"] for c in out.values()], base / "lo")
-        for case, path in zip(out.values(), recalculated):
-            case["lo"] = path
-            values, entries = stage_values(path)
-            case["entries"] = entries
-            from xlcnn.model import load
-            edited = write_input_cells(case["book"], base / "edited" / case["book"].name if False else
-                                       base / f"{case['book'].stem}_edited.xlsx", entries,
-                                       load(case["model"]).input_name, case["x2"])
-            case["edited"] = edited
-        again = recalculate([c["edited"] for c in out.values()], base / "lo2")
-        for case, path in zip(out.values(), again):
-            case["lo2"] = path
-    return out
+    return build_cases(_cases(), tmp_path_factory.mktemp("layers"))
 
 
 @pytest.mark.parametrize("name", CASES)

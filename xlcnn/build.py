@@ -31,6 +31,7 @@ class Stage:
     writer: object            # LayerWriter, or None for the input
     tensor: Tensor
     first_sheet: str
+    reads: list = field(default_factory=list)   # the stages this one reads
 
 
 @dataclass
@@ -63,13 +64,16 @@ def check_output(out, force):
 
 def writers_for(loaded):
     writers = []
-    for layer in loaded.layers:
+    for layer, reads in loaded.graph:
         writer = writer_for(layer)
         if writer is None:
             raise XlcnnError(f"layer '{layer.name}' ({type(layer).__name__}) is not supported; "
                              f"xlcnn supports: {', '.join(sorted(HANDLERS))}")
         writer.check()
-        writers.append(writer)
+        if len(reads) > 1 and not writer.multi_input:
+            raise XlcnnError(f"layer '{layer.name}' ({type(layer).__name__}) reads {len(reads)} tensors; "
+                             "only merge layers may")
+        writers.append((writer, reads))
     return writers
 
 
@@ -136,15 +140,17 @@ def _write_stages(book, loaded, writers, prepared, layout, say):
     book.add_sheet("overview", back_link=False)  # first tab; filled in at the end
     total = len(writers) + 1
     x = prepared.tensor.astype(np.float64)
-    stages = [Stage(_step(1, total), None, _write_input(book, names, _step(1, total), loaded, x, layout), "")]
-    stages[0].first_sheet = stages[0].tensor.places[0][0]
-    tensor = stages[0].tensor
-    for k, writer in enumerate(writers, start=2):
+    first = _write_input(book, names, _step(1, total), loaded, x, layout)
+    stages = [Stage(_step(1, total), None, first, first.places[0][0])]
+    tensors = {loaded.input_name: first}
+    for k, (writer, reads) in enumerate(writers, start=2):
         step = _step(k, total)
         say(f"{step} {writer.name} ({writer.kind})")
-        tensor = writer.write(Context(book, names, step), tensor)
+        inputs = [tensors[name] for name in reads]
+        tensor = writer.write(Context(book, names, step), inputs if writer.multi_input else inputs[0])
         tensor.layer = writer.name
-        stages.append(Stage(step, writer, tensor, tensor.places[0][0]))
+        tensors[writer.name] = tensor
+        stages.append(Stage(step, writer, tensor, tensor.places[0][0], list(reads)))
     return stages
 
 
@@ -227,6 +233,7 @@ def _write_overview(book, loaded, stages, prepared, image_path, out):
     row += 1
     for j, head in enumerate(text("overview.summary_headers")):
         ws.write(row, j, head, book.fmt_header)
+    steps = {stage.tensor.layer: stage.step for stage in stages}
     for stage in stages:
         row += 1
         w = stage.writer
@@ -236,11 +243,12 @@ def _write_overview(book, loaded, stages, prepared, image_path, out):
         ws.write(row, 3, _shape_text(stage.tensor.values.shape))
         ws.write_number(row, 4, w.params() if w else 0)
         sheet.link(row, 5, stage.first_sheet, stage.first_sheet)
-        ws.write(row, 6, w.describe() if w else "the input image, as numbers")
+        ws.write(row, 6, ", ".join(f"{steps[name]} {name}" for name in stage.reads))
+        ws.write(row, 7, w.describe() if w else "the input image, as numbers")
     row += 1
     ws.write(row, 3, "total", book.fmt_header)
     ws.write_number(row, 4, sum(s.writer.params() for s in stages if s.writer), book.fmt_header)
-    for j, width in enumerate([6, 18, 16, 19, 11, 24, 62]):
+    for j, width in enumerate([6, 18, 16, 19, 11, 24, 22, 62]):
         ws.set_column(j, j, width)
     row += 2
     ws.write(row, 0, text("overview.preprocessing"), book.fmt_title)

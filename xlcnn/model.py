@@ -78,7 +78,8 @@ class LoadedModel:
     model: object
     keras: object            # the module that loaded it: keras or tf_keras
     loader: str              # "keras" or "tf_keras"
-    layers: list             # the chain of layers after the input, in forward order
+    layers: list             # the layers after the input, in a forward (topological) order
+    graph: list              # (layer, [names of the layers or input it reads]) in that order
     input_name: str
     input_shape: tuple       # without the batch axis
     digest: str = ""
@@ -86,12 +87,14 @@ class LoadedModel:
 
     def layer_outputs(self, x):
         """Every chain layer's output for a batch x, as float64 arrays keyed by layer name."""
-        # Calling the layers one after another (eagerly) is exactly the chain's forward pass, and
-        # avoids Sequential models whose layers carry several graph nodes.
+        # Calling the layers one after another (eagerly) in graph order is exactly the forward
+        # pass, and avoids Sequential models whose layers carry several graph nodes.
+        tensors = {self.input_name: np.asarray(x, dtype=np.float32)}
         outputs = {}
-        t = np.asarray(x, dtype=np.float32)
-        for layer in self.layers:
-            t = layer(t, training=False)
+        for layer, reads in self.graph:
+            args = [tensors[name] for name in reads]
+            t = layer(args if len(args) > 1 else args[0], training=False)
+            tensors[layer.name] = t
             outputs[layer.name] = np.asarray(t, dtype=np.float64)
         return outputs
 
@@ -197,34 +200,43 @@ def _walk(path, model, module, loader):
     if any(d is None for d in shape):
         raise XlcnnError(f"model {path} has an input of unknown size {shape}; xlcnn needs a fixed input shape")
     layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
-    # The first layer must read the model input, and each next layer the previous one's output.
-    previous = inputs[0]
-    sequential = type(model).__name__ == "Sequential"  # a chain by construction
-    for layer in layers:
-        if hasattr(layer, "layers") and type(layer).__name__ in ("Sequential", "Functional", "Model"):
-            raise XlcnnError(f"layer '{layer.name}' is a nested model ({type(layer).__name__}); "
-                             "xlcnn needs a flat model: rebuild it without nesting")
-        if sequential:
-            continue
-        try:
-            reads = layer.input
-        except Exception:
-            raise XlcnnError(f"layer '{layer.name}' ({type(layer).__name__}) is used more than once; "
-                             "shared layers are not supported") from None
-        if isinstance(reads, (list, tuple)) or reads is not previous:
-            raise XlcnnError(f"layer '{layer.name}' ({type(layer).__name__}) does not simply read the previous "
-                             "layer: models with branches are not supported yet (a chain of layers is)")
-        previous = layer.output
-    if layers and not sequential and previous is not model.outputs[0]:
-        raise XlcnnError(f"model {path}: the last layer's output is not the model output")
     input_name = getattr(inputs[0], "name", "input")
     input_layers = [layer for layer in model.layers if type(layer).__name__ == "InputLayer"]
     if input_layers:
         input_name = input_layers[0].name
-    elif hasattr(model, "_input_layers"):
-        input_name = getattr(model._input_layers[0], "name", input_name)
     input_name = str(input_name).split(":")[0]
-    return LoadedModel(path=path, model=model, keras=module, loader=loader, layers=layers,
+    # Which layer reads which: a Sequential model is a chain by construction; for a Functional
+    # model each layer's input tensors are matched to the layer (or model input) that made them.
+    graph = []
+    producer = {id(inputs[0]): input_name}
+    sequential = type(model).__name__ == "Sequential"
+    previous = input_name
+    for layer in layers:
+        kind = type(layer).__name__
+        if isinstance(layer, module.Model):
+            raise XlcnnError(f"layer '{layer.name}' is a nested model ({kind}); "
+                             "xlcnn needs a flat model: rebuild it without nesting")
+        if sequential:
+            graph.append((layer, [previous]))
+            previous = layer.name
+            continue
+        try:
+            reads = layer.input
+            made = layer.output
+        except Exception:
+            raise XlcnnError(f"layer '{layer.name}' ({kind}) is used more than once; "
+                             "shared layers are not supported") from None
+        reads = list(reads) if isinstance(reads, (list, tuple)) else [reads]
+        names = [producer.get(id(t)) for t in reads]
+        if None in names or isinstance(made, (list, tuple)):
+            raise XlcnnError(f"layer '{layer.name}' ({kind}) reads a tensor xlcnn cannot trace to an earlier "
+                             "layer; models with several outputs per layer are not supported")
+        producer[id(made)] = layer.name
+        graph.append((layer, names))
+    if layers and not sequential and producer.get(id(model.outputs[0])) != layers[-1].name:
+        raise XlcnnError(f"model {path}: its output is not made by its last layer; xlcnn needs the output "
+                         "layer last")
+    return LoadedModel(path=path, model=model, keras=module, loader=loader, layers=layers, graph=graph,
                        input_name=input_name, input_shape=tuple(int(d) for d in shape), digest=sha256(path))
 
 

@@ -66,6 +66,7 @@ class LayerWriter:
     # option name -> function(value, config) returning None when supported, else the reason
     options: dict = {}
     passthrough = False
+    multi_input = False  # merge layers receive a list of input tensors
 
     def __init__(self, layer):
         self.layer = layer

@@ -1,0 +1,125 @@
+"""Merge layers of branching graphs: Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate.
+
+Elementwise merges write one formula per cell over the same cell of every input. Concatenation
+along the channel axis computes nothing: its channels are the input's channel sheets, so the
+manifest points at them. Along another axis (or for 1-D tensors) the values are copied into one
+new map or column, so later stages can read a contiguous range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..layout import FIRST_COL, FIRST_ROW, Tensor, text
+from .base import LayerWriter, handles, ok
+
+_ELEMENTWISE = {
+    # Keras class -> (formula from the input cell references, float64 reduction, words)
+    "Add": (lambda refs: "+".join(refs), lambda xs: np.sum(xs, axis=0), "sum of the inputs"),
+    "Subtract": (lambda refs: f"{refs[0]}-{refs[1]}", lambda xs: xs[0] - xs[1], "first input minus second"),
+    "Multiply": (lambda refs: "*".join(refs), lambda xs: np.prod(xs, axis=0), "product of the inputs"),
+    "Average": (lambda refs: f"AVERAGE({','.join(refs)})", lambda xs: np.mean(xs, axis=0), "average of the inputs"),
+    "Maximum": (lambda refs: f"MAX({','.join(refs)})", lambda xs: np.max(xs, axis=0), "largest input"),
+    "Minimum": (lambda refs: f"MIN({','.join(refs)})", lambda xs: np.min(xs, axis=0), "smallest input"),
+}
+
+
+def _same_layout(writer, inputs):
+    first = inputs[0]
+    for t in inputs[1:]:
+        if t.values.shape != first.values.shape or t.channel_axis != first.channel_axis:
+            writer.refuse(f"inputs of shapes {[tuple(t.values.shape) for t in inputs]} need broadcasting, "
+                          "which xlcnn does not reproduce; give the inputs the same shape")
+
+
+@handles(*_ELEMENTWISE)
+class ElementwiseMergeWriter(LayerWriter):
+    multi_input = True
+    options = {}
+
+    def describe(self):
+        return _ELEMENTWISE[self.kind][2]
+
+    def write(self, ctx, inputs):
+        if self.kind == "Subtract" and len(inputs) != 2:
+            self.refuse("Subtract takes exactly two inputs")
+        if len(inputs) > 200:
+            self.refuse(f"{len(inputs)} inputs would pass Excel's 255-argument limit")
+        _same_layout(self, inputs)
+        formula, reduce, what = _ELEMENTWISE[self.kind]
+        first = inputs[0]
+        out = reduce(np.stack([t.values for t in inputs]))
+        book = ctx.book
+        if first.rank == 1:
+            name = ctx.sheet_name(self.name)
+            sheet = book.add_sheet(name, text("stage.merge_1d", step=ctx.step, name=self.name, kind=self.kind,
+                                              what=what))
+            for i in range(len(out)):
+                sheet.formula(FIRST_ROW + i, FIRST_COL, formula([t.cell1(i) for t in inputs]), out[i])
+            sheet.axis_labels(FIRST_ROW, FIRST_COL, len(out), 0)
+            return Tensor(self.name, out, None, [(name, FIRST_ROW, FIRST_COL)])
+        if first.rank != 3:
+            self.refuse(f"inputs of rank {first.rank} are not supported")
+        h, w = first.hw
+        out_chw = np.moveaxis(out, first.channel_axis, 0)
+        places = []
+        for ch in range(first.channels):
+            name = ctx.sheet_name(self.name, f" c{ch}")
+            sheet = book.add_sheet(name, text("stage.merge", step=ctx.step, name=self.name, kind=self.kind,
+                                              channel=ch, channels=first.channels, what=what), map_width=w)
+            sheet.axis_labels(FIRST_ROW, FIRST_COL, h, w)
+            for i in range(h):
+                for j in range(w):
+                    sheet.formula(FIRST_ROW + i, FIRST_COL + j, formula([t.cell(ch, i, j) for t in inputs]),
+                                  out_chw[ch, i, j])
+            sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + h - 1, FIRST_COL + w - 1, values=out_chw[ch])
+            places.append((name, FIRST_ROW, FIRST_COL))
+        return Tensor(self.name, out, first.channel_axis, places)
+
+
+@handles("Concatenate")
+class ConcatenateWriter(LayerWriter):
+    multi_input = True
+    options = {"axis": ok}
+
+    def describe(self):
+        return f"joins its inputs along axis {self.config['axis']}"
+
+    def write(self, ctx, inputs):
+        first = inputs[0]
+        rank = first.rank
+        axis = self.config["axis"]
+        axis = axis - 1 if axis > 0 else rank + axis   # Keras counts the batch axis
+        if not 0 <= axis < rank or any(t.rank != rank for t in inputs):
+            self.refuse(f"axis {self.config['axis']} does not fit inputs of rank {rank}")
+        if rank == 3 and any(t.channel_axis != first.channel_axis for t in inputs):
+            self.refuse("inputs with different data formats cannot be joined")
+        out = np.concatenate([t.values for t in inputs], axis=axis)
+        if rank == 3 and axis == first.channel_axis:
+            # nothing to compute: the joined channels are the inputs' own channel sheets
+            places = [p for t in inputs for p in t.places]
+            return Tensor(self.name, out, first.channel_axis, places, notes={"passthrough": True})
+        refs = np.concatenate([t.ref_array() for t in inputs], axis=axis)
+        book = ctx.book
+        if rank == 1:
+            name = ctx.sheet_name(self.name)
+            sheet = book.add_sheet(name, text("stage.concat_1d", step=ctx.step, name=self.name, n=len(out)))
+            for i, (r, v) in enumerate(zip(refs, out)):
+                sheet.formula(FIRST_ROW + i, FIRST_COL, r, v)
+            sheet.axis_labels(FIRST_ROW, FIRST_COL, len(out), 0)
+            return Tensor(self.name, out, None, [(name, FIRST_ROW, FIRST_COL)])
+        refs_chw = np.moveaxis(refs, first.channel_axis, 0)
+        out_chw = np.moveaxis(out, first.channel_axis, 0)
+        c, h, w = out_chw.shape
+        places = []
+        for ch in range(c):
+            name = ctx.sheet_name(self.name, f" c{ch}")
+            sheet = book.add_sheet(name, text("stage.concat", step=ctx.step, name=self.name,
+                                              axis=self.config["axis"], channel=ch, channels=c), map_width=w)
+            sheet.axis_labels(FIRST_ROW, FIRST_COL, h, w)
+            for i in range(h):
+                for j in range(w):
+                    sheet.formula(FIRST_ROW + i, FIRST_COL + j, refs_chw[ch, i, j], out_chw[ch, i, j])
+            sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + h - 1, FIRST_COL + w - 1, values=out_chw[ch])
+            places.append((name, FIRST_ROW, FIRST_COL))
+        return Tensor(self.name, out, first.channel_axis, places)
