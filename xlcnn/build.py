@@ -17,6 +17,7 @@ import numpy as np
 
 from . import __version__
 from . import image as image_mod
+from . import limits
 from . import model as model_mod
 from .errors import XlcnnError
 from .layers import Context, writer_for
@@ -47,6 +48,7 @@ class BuildResult:
     probability: float | None
     preprocessing: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    estimate: object = None
 
 
 def check_output(out, force):
@@ -90,6 +92,8 @@ def build(model_path, image_path, out_path, force=False, invert="auto", scale=No
     say("reading the model")
     loaded = model_mod.load(model_path)
     writers = writers_for(loaded)          # every refusal happens here, before any file exists
+    planned = limits.check(limits.estimate(loaded, writers))
+    say(f"estimate: {planned.text()}")
     layout = model_mod.input_layout(loaded)
     prepared = image_mod.prepare(image_path, loaded.input_shape, layout, invert=invert, scale=scale,
                                  default_scale=default_scale(loaded))
@@ -104,6 +108,7 @@ def build(model_path, image_path, out_path, force=False, invert="auto", scale=No
     except ValueError:  # not the main thread
         previous_term = None
     try:
+        tmp.touch()  # claim the name now: an interrupted build removes it below
         book = Book(tmp)
         stages = _write_stages(book, loaded, writers, prepared, layout, say)
         say("writing the overview")
@@ -125,7 +130,7 @@ def build(model_path, image_path, out_path, force=False, invert="auto", scale=No
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
     return BuildResult(out, time.perf_counter() - started, sheets, formulas, constants, longest,
-                       out.stat().st_size, predicted, probability, prepared.steps, loaded.notes)
+                       out.stat().st_size, predicted, probability, prepared.steps, loaded.notes, planned)
 
 
 def _step(i, total):

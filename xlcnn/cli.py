@@ -69,6 +69,8 @@ def _build(args):
             print(f"input: {step}")
         for note in result.notes:
             print(f"note: {note}")
+        if result.estimate is not None:
+            print(f"estimate before writing: {result.estimate.text()}")
         if result.predicted is not None:
             print(f"predicted class {result.predicted} (probability {result.probability:.4f})")
         print(f"wrote {result.path}: {result.sheets} sheets, {result.formulas:,} formulas, "
