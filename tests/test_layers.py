@@ -50,6 +50,9 @@ def _cases():
             L.AveragePooling2D(1, data_format="channels_first"),
             L.Flatten(data_format="channels_first"),
             L.Dense(5, activation="softmax")]), ".h5"),
+        # Keras 3 on TensorFlow adds a channels_first bias along the width when width == channels
+        "channels_first_width_equals_channels": (seq((2, 7, 6), lambda: [
+            L.Conv2D(3, (3, 4), data_format="channels_first", bias_initializer="random_normal")]), ".keras"),
         # Flatten() with no data_format flattens a channels_first tensor in plain C order
         "channels_first_flatten_default": (seq((2, 5, 4), lambda: [
             L.Conv2D(3, 2, data_format="channels_first", activation="relu6"),

@@ -182,6 +182,18 @@ def block_refs(sheet_name, row0, col0, h, w):
     return [[rng(sheet_name, row0 + i, col0 + j, row0 + i, col0 + j) for j in range(w)] for i in range(h)]
 
 
+def tf_bias_along_width(data_format, out_width, n_bias):
+    """True when Keras 3 (TensorFlow backend) adds a channels_first layer's bias along the width.
+
+    keras.src.backend.tensorflow.numpy.add turns `x + bias.reshape(1, C, 1, 1)` into
+    tf.nn.bias_add, and picks data_format NHWC whenever the tensor's last axis has the bias's
+    length. For a channels_first map whose width equals its channel count, bias[j] is therefore
+    added to column j of every channel, not to channel j. That is what the trained model computes
+    in Keras, so the workbook does the same, and says so on the sheet.
+    """
+    return data_format == "channels_first" and n_bias > 1 and out_width == n_bias
+
+
 def same_padding(n, k, s, d=1):
     """Keras 'same' padding: (before, after); the odd extra cell goes after (bottom/right)."""
     out = -(-n // s)

@@ -13,7 +13,7 @@ import numpy as np
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
 from .base import (LayerWriter, activation_option, block_refs, handles, ok, one_of, padding_text,
-                   pair, window_geometry, write_elementwise_block)
+                   pair, tf_bias_along_width, window_geometry, write_elementwise_block)
 
 FORMULA_LIMIT = 8000  # Excel's limit is 8,192 characters; keep a margin for the bias term
 
@@ -30,7 +30,7 @@ def _must_be_none(option):
     return checker
 
 
-def conv_values(x_chw, kernel, bias, strides, dilation, pads):
+def conv_values(x_chw, kernel, bias, strides, dilation, pads, bias_along_width=False):
     """Keras's Conv2D in float64: zero padding (before, after) per axis, then strided taps."""
     (pt, pb), (pl, pr) = pads
     xp = np.pad(x_chw, ((0, 0), (pt, pb), (pl, pr)))
@@ -45,7 +45,7 @@ def conv_values(x_chw, kernel, bias, strides, dilation, pads):
             patch = xp[:, a * dh: a * dh + sh * (oh - 1) + 1: sh, b * dw: b * dw + sw * (ow - 1) + 1: sw]
             z += np.einsum("chw,co->ohw", patch, kernel[a, b])
     if bias is not None:
-        z += bias[:, None, None]
+        z += bias[None, None, :] if bias_along_width else bias[:, None, None]
     return z
 
 
@@ -120,7 +120,8 @@ class Conv2DWriter(LayerWriter):
         if oh < 1 or ow < 1:
             self.refuse(f"the kernel does not fit the {H}×{W} input")
         pads = (pads_h, pads_w)
-        z = conv_values(x.chw(), kernel, bias, (sh, sw), (dh, dw), pads)
+        along_width = bias is not None and tf_bias_along_width(c["data_format"], ow, cout)
+        z = conv_values(x.chw(), kernel, bias, (sh, sw), (dh, dw), pads, along_width)
         fn = act.activation_name(c["activation"])
         if fn == "softmax":
             self.refuse("a fused softmax on a convolution (softmax over channels) is not supported yet; "
@@ -135,6 +136,8 @@ class Conv2DWriter(LayerWriter):
                          kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw,
                          padding_text=padding_text(c["padding"], "conv", pads))
             explain = text("stage.conv_explain", channel=o, cin=cin, wsheet=wsheet)
+            if along_width:
+                explain += " " + text("stage.bias_along_width", channel=o, n=cout)
             sheet = book.add_sheet(name, title, explain, map_width=ow)
             r0, c0 = FIRST_ROW, FIRST_COL
             sheet.axis_labels(r0, c0, oh, ow)
@@ -144,7 +147,7 @@ class Conv2DWriter(LayerWriter):
                     terms = []
                     for ci in range(cin):
                         terms.append(self._term(x, ci, o, taps_h[i], taps_w[j], kernel_range, dh, dw))
-                    tail = f"+{bias_cell(o)}" if bias is not None else ""
+                    tail = f"+{bias_cell(j if along_width else o)}" if bias is not None else ""
                     formula = self._sum(sheet, terms, tail, i, j, z[o, i, j], partial_col, oh, ow,
                                         x, o, taps_h[i], taps_w[j], kernel, cin)
                     sheet.formula(r0 + i, c0 + j, formula, z[o, i, j])
