@@ -2,12 +2,13 @@
 reader and the evaluator share.
 
 The tokenizer is built on one regular expression, ``SPLIT``, whose ``split`` cuts a formula into
-its cell references and everything else.  The evaluator uses the same cut to group thousands of
-cells whose formulas differ only in their reference numbers, so the parser reads exactly the same
-pieces: reference number k in a formula is "slot" k of its AST, and the numbers themselves are
-supplied per cell at evaluation time.  That is what lets one parse serve a whole grid of cells.
+its cell references and everything else.  The evaluator keys groups of cells on those pieces with
+the references' letters and digits blanked out, and the parser reads the same pieces: reference
+number k in a formula is "slot" k of its AST, and its row and column are supplied per cell at
+evaluation time.  That is what lets one parse serve a whole grid of cells.
 """
 
+import functools
 import re
 from typing import NamedTuple
 
@@ -32,6 +33,11 @@ def col_index(letters):
     for ch in letters:
         n = n * 26 + (ord(ch) & 31)  # works for str; & 31 maps 'A'/'a' to 1
     return n - 1
+
+
+@functools.lru_cache(maxsize=None)
+def _letters(index):
+    return col_letters(index)
 
 
 def col_letters(index):
@@ -77,21 +83,41 @@ def split_formula(text):
     return SPLIT.split(text)
 
 
-def shift_formula(text, drow, dcol, parts=None):
-    """Move the relative references of ``text`` by (drow, dcol), as Excel does when it copies a
-    formula (used to expand shared formulas).  A reference pushed off the grid becomes #REF!."""
-    parts = list(parts if parts is not None else SPLIT.split(text))
-    for k in range(1, len(parts) - 1, STRIDE):
-        if parts[k] is not None:
+def shifter(text):
+    """A function (drow, dcol) -> ``text`` with its relative references moved, as Excel does
+    when it copies a formula (used to expand shared formulas; the text is tokenized once).  A
+    reference pushed off the grid becomes #REF!."""
+    parts = SPLIT.split(text)
+    pieces, refs = [], []
+    for k in range(0, len(parts), STRIDE):
+        pieces.append(parts[k].replace("%", "%%"))
+        if k + 1 >= len(parts):
+            break
+        if parts[k + 1] is not None:
+            pieces.append(parts[k + 1].replace("%", "%%"))
             continue
-        cdol, letters, rdol, digits = parts[k + 1:k + 5]
-        col = col_index(letters) + (0 if cdol else dcol)
-        row = int(digits) - 1 + (0 if rdol else drow)
-        if not (0 <= row < MAX_ROWS and 0 <= col < MAX_COLS):
-            parts[k:k + 5] = ["#REF!", "", "", "", ""]
-        else:
-            parts[k:k + 5] = [None, cdol, col_letters(col), rdol, str(row + 1)]
-    return "".join(p for p in parts if p)
+        cdol, letters, rdol, digits = parts[k + 2:k + 6]
+        refs.append((cdol, col_index(letters), rdol, int(digits) - 1))
+        pieces.append("%s")
+    template = "".join(pieces)
+
+    def shifted(drow, dcol):
+        out = []
+        for cdol, col, rdol, row in refs:
+            col = col if cdol else col + dcol
+            row = row if rdol else row + drow
+            if 0 <= row < MAX_ROWS and 0 <= col < MAX_COLS:
+                out.append(f"{cdol}{_letters(col)}{rdol}{row + 1}")
+            else:
+                out.append("#REF!")
+        return template % tuple(out)
+
+    return shifted
+
+
+def shift_formula(text, drow, dcol):
+    """``text`` with its relative references moved by (drow, dcol)."""
+    return shifter(text)(drow, dcol)
 
 
 # --------------------------------------------------------------------------- AST

@@ -1,0 +1,717 @@
+"""Tests of xlcnn.formula: the reader, the parser and the vectorised evaluator, on small
+workbooks written here with XlsxWriter (or by hand, for shared formulas and odd XML)."""
+
+import io
+import math
+import shutil
+import struct
+import subprocess
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+import xlsxwriter
+from xlsxwriter.utility import xl_col_to_name, xl_rowcol_to_cell
+
+from xlcnn.formula import FormulaError, WorkbookError, cell_name, evaluate, parse, read_workbook
+from xlcnn.formula.parser import shift_formula
+
+
+# --------------------------------------------------------------------------- helpers
+
+def make_book(tmp_path, sheets, name="t.xlsx"):
+    """sheets: {sheet name: {A1 address: number | str | bool | None | '=formula'}}."""
+    path = tmp_path / name
+    wb = xlsxwriter.Workbook(str(path))
+    for sheet, cells in sheets.items():
+        ws = wb.add_worksheet(sheet)
+        for addr, value in cells.items():
+            if isinstance(value, str) and value.startswith("="):
+                ws.write_formula(addr, value, None, 0)
+            elif value is None:
+                ws.write_blank(addr, None)
+            else:
+                ws.write(addr, value)
+    wb.close()
+    return read_workbook(path)
+
+
+def calc(tmp_path, formula, cells=None):
+    """Value of one formula in Sheet1!Z1 with optional constants in Sheet1."""
+    sheet = dict(cells or {})
+    sheet["Z1"] = "=" + formula
+    book = make_book(tmp_path, {"Sheet1": sheet})
+    return evaluate(book).value("Sheet1", 0, 25)
+
+
+CT = ('<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+      '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+      '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+      '<Default Extension="xml" ContentType="application/xml"/>'
+      '<Override PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/>'
+      "</Types>")
+MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+PKG = "http://schemas.openxmlformats.org/package/2006/relationships"
+
+
+def handmade(path, sheets, strings=None, sheet_xml=None):
+    """A minimal .xlsx: sheets = [(name, part file name, <sheetData> inner XML)].  Parts are
+    named freely so that workbook order and file names disagree."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("[Content_Types].xml", CT)
+        z.writestr("_rels/.rels", f'<Relationships xmlns="{PKG}"><Relationship Id="rId1" '
+                   f'Type="{REL}/officeDocument" Target="xl/workbook.xml"/></Relationships>')
+        sheet_els = "".join(f'<sheet name="{n}" sheetId="{i + 1}" r:id="rId{i + 1}"/>'
+                            for i, (n, _, _) in enumerate(sheets))
+        z.writestr("xl/workbook.xml", f'<workbook xmlns="{MAIN}" xmlns:r="{REL}"><sheets>{sheet_els}'
+                   "</sheets></workbook>")
+        rels = "".join(f'<Relationship Id="rId{i + 1}" Type="{REL}/worksheet" Target="worksheets/{f}"/>'
+                       for i, (_, f, _) in enumerate(sheets))
+        if strings is not None:
+            rels += f'<Relationship Id="rIdS" Type="{REL}/sharedStrings" Target="strings.xml"/>'
+            z.writestr("xl/strings.xml", f'<sst xmlns="{MAIN}">' + "".join(strings) + "</sst>")
+        z.writestr("xl/_rels/workbook.xml.rels", f'<Relationships xmlns="{PKG}">{rels}</Relationships>')
+        for _, f, data in sheets:
+            xml = (sheet_xml or (lambda d: f'<worksheet xmlns="{MAIN}"><sheetData>{d}</sheetData></worksheet>'))(data)
+            z.writestr(f"xl/worksheets/{f}", xml)
+    return path
+
+
+# --------------------------------------------------------------------------- operators
+
+@pytest.mark.parametrize("formula, expected", [
+    ("-2^2", 4.0),
+    ("2+3*4^2", 50.0),
+    ("2^3^2", 64.0),            # ^ is left-associative in Excel
+    ("2*-3^2", 18.0),
+    ("(1+2)*3", 9.0),
+    ("10/4", 2.5),
+    ("2-3-4", -5.0),
+    ("-(-3)", 3.0),
+    ("+3", 3.0),
+    ("1E-05*2", 2e-05),
+    ("1.5e2", 150.0),
+    ("50%", 0.5),
+    ("1<2", 1.0),
+    ("2<=2", 1.0),
+    ("3>=4", 0.0),
+    ("1=1", 1.0),
+    ("1<>1", 0.0),
+    ("2>1", 1.0),
+    ("1+2=3", 1.0),             # comparison binds loosest
+    ("TRUE+1", 2.0),
+    ("(2+3)*(4-1)/5", 3.0),
+])
+def test_operators_and_precedence(tmp_path, formula, expected):
+    assert calc(tmp_path, formula) == pytest.approx(expected, rel=1e-15)
+
+
+def test_concatenation_and_text_results(tmp_path):
+    book = make_book(tmp_path, {"S": {"A1": '="ab"&"cd"', "A2": '=1&"x"', "A3": '=IF(1>0,"yes","no")',
+                                      "A4": '="a"="A"'}})
+    res = evaluate(book)
+    assert res.value("S", 0, 0) == "abcd"
+    assert res.value("S", 1, 0) == "1x"
+    assert res.value("S", 2, 0) == "yes"
+    assert res.value("S", 3, 0) == 1.0  # text compares case-insensitively
+
+
+def test_parse_tree_shapes():
+    assert parse("=-2^2").op == "^"
+    assert parse("A1:B2").first.slot == 0
+    tree = parse("SUMPRODUCT('it''s'!$A$1:B2,C3)")
+    assert tree.name == "SUMPRODUCT" and tree.args[0].sheet == "it's"
+    assert tree.args[0].first.row_abs and tree.args[0].first.col_abs
+    assert not tree.args[1].row_abs
+    with pytest.raises(FormulaError):
+        parse("1+")
+    with pytest.raises(FormulaError):
+        parse("SUM(A1")
+
+
+# --------------------------------------------------------------------------- functions
+
+def test_scalar_functions_match_numpy(tmp_path):
+    x = [0.3, -1.7, 2.5, 12.0, -0.0004]
+    cells = {f"A{i + 1}": v for i, v in enumerate(x)}
+    rows = {}
+    for i in range(len(x)):
+        a = f"A{i + 1}"
+        rows.update({f"B{i + 1}": f"=EXP({a})", f"C{i + 1}": f"=TANH({a})", f"D{i + 1}": f"=ABS({a})",
+                     f"E{i + 1}": f"=ERF({a})", f"F{i + 1}": f"=INT({a})", f"G{i + 1}": f"=SIGN({a})",
+                     f"H{i + 1}": f"=POWER(ABS({a}),1.5)", f"I{i + 1}": f"=SQRT(ABS({a}))",
+                     f"J{i + 1}": f"=LN(ABS({a}))", f"K{i + 1}": f"=LOG10(ABS({a}))",
+                     f"L{i + 1}": f"=0.5*{a}*(1+ERF({a}/SQRT(2)))",
+                     f"M{i + 1}": f"=IF({a}>0,{a},1.6732632423543772*(EXP({a})-1))",
+                     f"N{i + 1}": f"=MOD({a},0.7)"})
+    cells.update(rows)
+    res = evaluate(make_book(tmp_path, {"S": cells}))
+    xs = np.array(x)
+
+    def col(c):
+        return np.array([res.value("S", i, c) for i in range(len(x))])
+
+    np.testing.assert_allclose(col(1), np.exp(xs), rtol=1e-15)
+    np.testing.assert_allclose(col(2), np.tanh(xs), rtol=1e-15)
+    np.testing.assert_array_equal(col(3), np.abs(xs))
+    np.testing.assert_array_equal(col(4), [math.erf(v) for v in x])
+    np.testing.assert_array_equal(col(5), np.floor(xs))
+    np.testing.assert_array_equal(col(6), np.sign(xs))
+    np.testing.assert_allclose(col(7), np.abs(xs) ** 1.5, rtol=1e-15)
+    np.testing.assert_allclose(col(8), np.sqrt(np.abs(xs)), rtol=1e-15)
+    np.testing.assert_allclose(col(9), np.log(np.abs(xs)), rtol=1e-15)
+    np.testing.assert_allclose(col(10), np.log10(np.abs(xs)), rtol=1e-15)
+    np.testing.assert_allclose(col(11), [0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x], rtol=1e-15)
+    selu = np.where(xs > 0, xs, 1.6732632423543772 * (np.exp(xs) - 1))
+    np.testing.assert_allclose(col(12), selu, rtol=1e-15)
+    np.testing.assert_allclose(col(13), np.mod(xs, 0.7), rtol=1e-12)
+
+
+@pytest.mark.parametrize("formula, expected", [
+    ("ROUND(2.5,0)", 3.0), ("ROUND(-2.5,0)", -3.0), ("ROUND(1.2345,2)", 1.23),
+    ("ROUND(2.675,2)", 2.68), ("ROUND(1234.5,-2)", 1200.0), ("INT(-1.5)", -2.0),
+    ("POWER(2,10)", 1024.0), ("ERF(0.5)", math.erf(0.5)), ("ERF(0.1,0.5)", math.erf(0.5) - math.erf(0.1)),
+    ("_xlfn.ERF.PRECISE(0.5)", math.erf(0.5)), ("LOG(8,2)", 3.0), ("SIGN(-0.0)", 0.0),
+    ("AND(1,0)", 0.0), ("OR(1,0)", 1.0), ("NOT(0)", 1.0),
+])
+def test_function_values(tmp_path, formula, expected):
+    assert calc(tmp_path, formula) == pytest.approx(expected, rel=1e-14, abs=1e-300)
+
+
+def test_aggregates_ignore_empty_and_text(tmp_path):
+    cells = {"A1": 1.0, "A2": "text", "A3": None, "A4": 4.0, "A5": -2.0, "B1": True,
+             "C1": "=SUM(A1:A5)", "C2": "=MAX(A1:A5)", "C3": "=MIN(A1:A5)", "C4": "=AVERAGE(A1:A5)",
+             "C5": "=COUNT(A1:A5)", "C6": "=SUM(A1:A5,10,A4)", "C7": "=MAX(D1:D3)", "C8": "=MIN(D1:D3)",
+             "C9": "=MAX(-5,A3)", "C10": "=A3+1", "C11": "=AVERAGE(A1:A5,3)", "C12": "=SUM(B1)",
+             "C13": "=SUMPRODUCT(A1:A5,A1:A5)", "C14": "=COUNT(A1:A5,1,2)", "C15": "=MAX(0,A5)"}
+    res = evaluate(make_book(tmp_path, {"S": cells}))
+    got = [res.value("S", r, 2) for r in range(15)]
+    assert got == [3.0, 4.0, -2.0, 1.0, 3.0, 17.0, 0.0, 0.0, -5.0, 1.0, 1.5, 0.0, 21.0, 5.0, 0.0]
+
+
+def test_sumproduct_many_arrays_and_shape_mismatch(tmp_path):
+    a, b, c = np.arange(1, 7.0), np.arange(7, 13.0), np.linspace(-1, 1, 6)
+    cells = {}
+    for i in range(6):
+        cells[f"A{i + 1}"], cells[f"B{i + 1}"], cells[f"C{i + 1}"] = a[i], b[i], c[i]
+    cells["E1"] = "=SUMPRODUCT(A1:A6,B1:B6,C1:C6)"
+    cells["E2"] = "=SUMPRODUCT(A1:B3,B4:C6)"
+    cells["E3"] = "=SUMPRODUCT(A1:A6,B1:B5)"   # #VALUE! in Excel
+    cells["E4"] = "=SUMPRODUCT(A1:A6)"
+    res = evaluate(make_book(tmp_path, {"S": cells}))
+    assert res.value("S", 0, 4) == pytest.approx(np.sum(a * b * c), rel=1e-14)
+    assert res.value("S", 1, 4) == pytest.approx(np.sum(np.c_[a[:3], b[:3]] * np.c_[b[3:], c[3:]]), rel=1e-14)
+    assert math.isnan(res.value("S", 2, 4))
+    assert res.value("S", 3, 4) == 21.0
+
+
+def test_array_arithmetic_inside_functions(tmp_path):
+    cells = {"A1": 1.0, "A2": -2.0, "A3": 3.0, "B1": 10.0, "B2": 20.0, "B3": 30.0,
+             "D1": "=SUMPRODUCT((A1:A3>0)*B1:B3)", "D2": "=SUM(A1:A3*B1:B3)", "D3": "=MAX(-A1:A3)",
+             "D4": "=SUM(EXP(A1:A3))", "D5": "=SUMPRODUCT(A1:A3-1,B1:B3/10)", "D6": "=SUM(A1:A3*B1:B2)"}
+    res = evaluate(make_book(tmp_path, {"S": cells}))
+    a, b = np.array([1.0, -2, 3]), np.array([10.0, 20, 30])
+    assert res.value("S", 0, 3) == 40.0 and res.value("S", 1, 3) == a @ b
+    assert res.value("S", 2, 3) == 2.0
+    assert res.value("S", 3, 3) == pytest.approx(np.exp(a).sum(), rel=1e-15)
+    assert res.value("S", 4, 3) == pytest.approx((a - 1) @ (b / 10), rel=1e-15)
+    assert math.isnan(res.value("S", 5, 3))
+
+
+def test_match_and_index(tmp_path):
+    cells = {"A1": 5.0, "A2": 7.0, "A3": 9.0, "A4": 7.0, "B1": 10.0, "B2": 20.0, "B3": 30.0, "B4": 40.0,
+             "D1": "=MATCH(7,A1:A4,0)", "D2": "=MATCH(8,A1:A4,0)", "D3": "=INDEX(B1:B4,3)",
+             "D4": "=INDEX(A1:B4,2,2)", "D5": "=INDEX(B1:B4,MATCH(MAX(A1:A4),A1:A4,0))",
+             "D6": "=INDEX(A1:A4,9)", "D7": "=MATCH(8,A1:A3,1)", "D8": "=INDEX(A1:B1,1,2)",
+             "D9": "=INDEX(A1:B1,2)"}
+    res = evaluate(make_book(tmp_path, {"S": cells}))
+    got = [res.value("S", r, 3) for r in range(9)]
+    assert got[0] == 2.0 and math.isnan(got[1]) and got[2] == 30.0 and got[3] == 20.0
+    assert got[4] == 30.0 and math.isnan(got[5]) and got[6] == 2.0 and got[7] == 10.0 and got[8] == 10.0
+
+
+def test_errors_are_non_finite_without_warnings(tmp_path):
+    cells = {"A1": 1000.0, "A2": 0.0, "B1": "=EXP(A1)", "B2": "=1/A2", "B3": "=A2/A2", "B4": "=LN(-1)",
+             "B5": "=IF(A1>0,A1,EXP(A1)*1/A2)", "B6": "=B1+1", "B7": "=SQRT(-4)", "B8": "=IF(B3>0,1,2)",
+             "B9": "=MAX(B1:B3)", "B10": "=SUM(B2:B3)"}
+    book = make_book(tmp_path, {"S": cells})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = evaluate(book)
+    got = [res.value("S", r, 1) for r in range(10)]
+    assert got[0] == np.inf and got[1] == np.inf and math.isnan(got[2]) and math.isnan(got[3])
+    assert got[4] == 1000.0 and got[5] == np.inf and math.isnan(got[6]) and math.isnan(got[7])
+    assert math.isnan(got[8]) and math.isnan(got[9])
+
+
+# --------------------------------------------------------------------------- references
+
+def test_sheet_names_with_spaces_and_quotes(tmp_path):
+    book = make_book(tmp_path, {
+        "it's here": {"A1": 2.0, "B2": 3.0},
+        "my sheet": {"A1": 5.0, "A2": 7.0, "B1": 11.0, "B2": 13.0},
+        "Out": {"A1": "='it''s here'!A1*'my sheet'!B2", "A2": "=SUM('my sheet'!A1:B2)",
+                "A3": "=SUMPRODUCT('my sheet'!$A$1:$B$1,'my sheet'!A2:B2)+'it''s here'!$B$2",
+                "A4": "='MY SHEET'!A1"},
+    })
+    res = evaluate(book)
+    assert [res.value("Out", r, 0) for r in range(4)] == [26.0, 36.0, 5 * 7 + 11 * 13 + 3.0, 5.0]
+
+
+def test_mixed_references_grid(tmp_path):
+    cells = {"H1": 0.5}
+    for i in range(1, 6):
+        cells[f"A{i + 1}"] = float(i)
+        cells[xl_rowcol_to_cell(0, i)] = float(10 * i)
+    for r in range(1, 6):
+        for c in range(1, 6):
+            cells[xl_rowcol_to_cell(r, c)] = f"=$A{r + 1}*{xl_rowcol_to_cell(0, c, row_abs=True)}+$H$1"
+    res = evaluate(make_book(tmp_path, {"T": cells}))
+    got = res.block("T", 1, 1, 5, 5)
+    want = np.arange(1, 6.0)[:, None] * (10 * np.arange(1, 6.0))[None, :] + 0.5
+    np.testing.assert_array_equal(got, want)
+
+
+def conv_book(tmp_path, x, k, name="conv.xlsx"):
+    """'in' holds x at B2, 'w' holds kernel k at B2 and bias 0.25 at A1; 'out' a valid conv."""
+    wb = xlsxwriter.Workbook(str(tmp_path / name))
+    ws = wb.add_worksheet("in")
+    for r, row in enumerate(x):
+        ws.write_row(1 + r, 1, row.tolist())
+    ws = wb.add_worksheet("w")
+    ws.write(0, 0, 0.25)
+    for r, row in enumerate(k):
+        ws.write_row(1 + r, 1, row.tolist())
+    ws = wb.add_worksheet("out")
+    kh, kw = k.shape
+    for r in range(x.shape[0] - kh + 1):
+        for c in range(x.shape[1] - kw + 1):
+            win = f"{xl_rowcol_to_cell(1 + r, 1 + c)}:{xl_rowcol_to_cell(r + kh, c + kw)}"
+            ker = f"{xl_rowcol_to_cell(1, 1, True, True)}:{xl_rowcol_to_cell(kh, kw, True, True)}"
+            ws.write_formula(2 + r, 3 + c, f"=SUMPRODUCT(in!{win},w!{ker})+w!$A$1", None, 0)
+    wb.close()
+    return read_workbook(tmp_path / name)
+
+
+def conv_ref(x, k):
+    win = np.lib.stride_tricks.sliding_window_view(x, k.shape)
+    return np.einsum("ijkl,kl->ij", win, k) + 0.25
+
+
+def test_convolution_grid_matches_numpy(tmp_path):
+    g = np.random.default_rng(3)
+    x, k = g.normal(size=(9, 11)), g.normal(size=(3, 4))
+    book = conv_book(tmp_path, x, k)
+    res = evaluate(book)
+    want = conv_ref(x, k)
+    got = res.block("out", 2, 3, 2 + want.shape[0] - 1, 3 + want.shape[1] - 1)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+    assert res.value("out", 2, 3) == pytest.approx(want[0, 0], rel=1e-13)
+    assert len(book._program.classes) == 1  # the whole grid is one vectorised step
+
+
+def test_strided_pooling_and_flatten(tmp_path):
+    g = np.random.default_rng(4)
+    x = g.normal(size=(6, 8))
+    sheets = {"a": {xl_rowcol_to_cell(r, c): x[r, c] for r in range(6) for c in range(8)},
+              "pool": {}, "flat": {}}
+    for r in range(3):
+        for c in range(4):
+            sheets["pool"][xl_rowcol_to_cell(r, c)] = \
+                f"=MAX(a!{xl_rowcol_to_cell(2 * r, 2 * c)}:{xl_rowcol_to_cell(2 * r + 1, 2 * c + 1)})"
+            sheets["flat"][f"A{r * 4 + c + 1}"] = f"=pool!{xl_rowcol_to_cell(r, c)}"
+    book = make_book(tmp_path, sheets)
+    x = book.sheet_array("a")  # XlsxWriter writes 16 significant digits: compare what was read
+    res = evaluate(book)
+    want = x.reshape(3, 2, 4, 2).max(axis=(1, 3))
+    np.testing.assert_array_equal(res.block("pool", 0, 0, 2, 3), want)
+    np.testing.assert_array_equal(res.block("flat", 0, 0, 11, 0)[:, 0], want.ravel())
+    assert len(book._program.classes) == 2  # strided pooling and the flatten copies: one each
+
+
+def test_formulas_differing_only_in_digits(tmp_path):
+    # same text once digits are removed, but the digits sit elsewhere or are not references
+    book = make_book(tmp_path, {
+        "c1 x": {"A1": 1.0}, "c x1": {"A1": 2.0},
+        "X": {"A1": 5.0, "B1": "=A1*2", "B2": "=A1*3", "C1": "='c1 x'!A1", "C2": "='c x1'!A1",
+              "D1": "=LOG10(A1)", "D2": "=LOG(A1)", "D3": "=1.5+A1", "D4": "=15+A1", "D5": "=A1+15"},
+        "Y": {"A1": 7.0, "B1": "=A1*2"},
+    })
+    res = evaluate(book)
+    assert [res.value("X", 0, 1), res.value("X", 1, 1), res.value("Y", 0, 1)] == [10.0, 15.0, 14.0]
+    assert [res.value("X", 0, 2), res.value("X", 1, 2)] == [1.0, 2.0]
+    assert [res.value("X", r, 3) for r in range(5)] == pytest.approx([math.log10(5), math.log10(5), 6.5, 20, 20])
+
+
+def test_chain_across_sheets_in_any_order(tmp_path):
+    # 'c' (first in the workbook) depends on 'b', which depends on 'a'
+    book = make_book(tmp_path, {
+        "c": {"A1": "=b!A1*2", "A2": "=SUM(b!A1:A3)"},
+        "b": {"A1": "=a!A1+1", "A2": "=a!A2+1", "A3": "=A2+A1"},
+        "a": {"A1": 1.0, "A2": 2.0},
+    })
+    res = evaluate(book)
+    assert res.value("c", 0, 0) == 4.0 and res.value("c", 1, 0) == 2 + 3 + 5
+
+
+def test_running_sum_with_expanding_range_and_recurrence(tmp_path):
+    x = np.arange(1, 21.0)
+    cells = {f"A{i + 1}": v for i, v in enumerate(x)}
+    cells["C1"] = "=A1"
+    for i in range(20):
+        cells[f"B{i + 1}"] = f"=SUM($A$1:A{i + 1})"   # one shape per row
+        if i:
+            cells[f"C{i + 1}"] = f"=C{i}+A{i + 1}"      # reads its own class
+    res = evaluate(make_book(tmp_path, {"S": cells}))
+    np.testing.assert_array_equal(res.block("S", 0, 1, 19, 1)[:, 0], np.cumsum(x))
+    np.testing.assert_array_equal(res.block("S", 0, 2, 19, 2)[:, 0], np.cumsum(x))
+
+
+def test_mutual_recurrence_and_overlapping_bounding_boxes(tmp_path):
+    cells = {"A1": 1.0, "B1": 1.0}
+    for r in range(2, 12):
+        cells[f"A{r}"] = f"=B{r - 1}+1"     # two classes that read each other, without a cycle
+        cells[f"B{r}"] = f"=A{r}*2"
+    # D2, D4, ...: each reads the row above it through a range whose bounding box, over the
+    # whole class, covers the class's own cells (a dependency that is not real)
+    for r in range(1, 12, 2):
+        cells[f"C{r}"] = float(r)
+        cells[f"D{r + 1}"] = f"=SUM(C{r}:E{r})"
+    res = evaluate(make_book(tmp_path, {"S": cells}))
+    a, b = 1.0, 1.0
+    for r in range(2, 12):
+        a = b + 1
+        b = a * 2
+    assert res.value("S", 10, 0) == a and res.value("S", 10, 1) == b
+    assert [res.value("S", r, 3) for r in range(1, 12, 2)] == [float(r) for r in range(1, 12, 2)]
+
+
+def test_empty_and_missing_cells(tmp_path):
+    book = make_book(tmp_path, {"S": {"A1": "=B7+1", "A2": "=Q100*2", "A3": "=SUM(X1:Z9)", "A4": "=AVERAGE(X1:Z9)",
+                                      "A5": "=IF(A1,,5)"}})
+    res = evaluate(book)
+    assert res.value("S", 0, 0) == 1.0 and res.value("S", 1, 0) == 0.0 and res.value("S", 2, 0) == 0.0
+    assert math.isnan(res.value("S", 3, 0))  # #DIV/0!
+    assert res.value("S", 4, 0) == 0.0
+    assert res.value("S", 50, 50) is None
+    assert np.isnan(res.block("S", 0, 1, 1, 1)).all()
+
+
+# --------------------------------------------------------------------------- batching
+
+def test_batched_overrides_equal_separate_runs(tmp_path):
+    g = np.random.default_rng(5)
+    x, k = g.normal(size=(5, 5)), g.normal(size=(2, 2))
+    book = conv_book(tmp_path, x, k)
+    inputs = g.normal(size=(3, 5, 5))
+    single = []
+    for b in range(3):
+        ov = {("in", 1 + r, 1 + c): inputs[b, r, c] for r in range(5) for c in range(5)}
+        single.append(evaluate(book, ov).block("out", 2, 3, 5, 6))
+        np.testing.assert_allclose(single[-1], conv_ref(inputs[b], k), rtol=1e-13, atol=1e-13)
+    ov = {("in", 1 + r, 1 + c): inputs[:, r, c] for r in range(5) for c in range(5)}
+    res = evaluate(book, ov)
+    assert res.batch == 3
+    batched = res.block("out", 2, 3, 5, 6)
+    assert batched.shape == (3, 4, 4)
+    for b in range(3):
+        np.testing.assert_allclose(batched[b], single[b], rtol=1e-15, atol=1e-15)
+    v = res.value("out", 2, 3)
+    assert v.shape == (3,) and len(set(v.tolist())) == 3
+    assert res.value("w", 0, 0).tolist() == [0.25] * 3   # constants broadcast over the batch
+    # a scalar override mixed with arrays, and the unbatched run afterwards is unaffected
+    assert evaluate(book).value("out", 2, 3) == pytest.approx(conv_ref(x, k)[0, 0], rel=1e-13)
+
+
+def test_override_of_a_formula_cell_and_mismatched_batch(tmp_path):
+    book = make_book(tmp_path, {"S": {"A1": 1.0, "B1": "=A1*2", "C1": "=B1+1"}})
+    res = evaluate(book, {("S", 0, 1): 10.0})
+    assert res.value("S", 0, 1) == 10.0 and res.value("S", 0, 2) == 11.0
+    with pytest.raises(ValueError):
+        evaluate(book, {("S", 0, 0): np.zeros(2), ("S", 0, 1): np.zeros(3)})
+
+
+def test_batched_lenet_like_pipeline(tmp_path):
+    """conv -> relu -> pool -> dense -> softmax over a batch, against numpy."""
+    g = np.random.default_rng(6)
+    k = g.normal(size=(3, 3))
+    wd = g.normal(size=(4, 3))  # pooled 2x2 (flattened 4) -> 3 logits
+    wb = xlsxwriter.Workbook(str(tmp_path / "net.xlsx"))
+    ws = wb.add_worksheet("in")
+    for r in range(6):
+        ws.write_row(r, 0, [0.0] * 6)
+    ws = wb.add_worksheet("w")
+    for r in range(3):
+        ws.write_row(r, 0, k[r].tolist())
+    for r in range(4):
+        ws.write_row(5 + r, 0, wd[r].tolist())
+    conv = wb.add_worksheet("conv")
+    for r in range(4):
+        for c in range(4):
+            win = f"{xl_rowcol_to_cell(r, c)}:{xl_rowcol_to_cell(r + 2, c + 2)}"
+            conv.write_formula(r, c, f"=MAX(0,SUMPRODUCT(in!{win},w!$A$1:$C$3))")
+    pool = wb.add_worksheet("pool")
+    for r in range(2):
+        for c in range(2):
+            pool.write_formula(r * 2 + c, 0, f"=MAX(conv!{xl_rowcol_to_cell(2 * r, 2 * c)}:"
+                                             f"{xl_rowcol_to_cell(2 * r + 1, 2 * c + 1)})")
+    out = wb.add_worksheet("out")
+    for j in range(3):
+        col = xl_col_to_name(j)
+        out.write_formula(0, j, f"=SUMPRODUCT(pool!$A$1:$A$4,w!{col}$6:{col}$9)")
+        out.write_formula(1, j, f"=EXP({xl_rowcol_to_cell(0, j)}-MAX($A$1:$C$1))")
+        out.write_formula(2, j, f"={xl_rowcol_to_cell(1, j)}/SUM($A$2:$C$2)")
+    wb.close()
+    book = read_workbook(tmp_path / "net.xlsx")
+    imgs = g.normal(size=(4, 6, 6))
+    res = evaluate(book, {("in", r, c): imgs[:, r, c] for r in range(6) for c in range(6)})
+    for b in range(4):
+        a = np.maximum(0, np.einsum("ijkl,kl->ij", np.lib.stride_tricks.sliding_window_view(imgs[b], (3, 3)), k))
+        p = a.reshape(2, 2, 2, 2).max(axis=(1, 3)).ravel()
+        z = p @ wd
+        e = np.exp(z - z.max())
+        np.testing.assert_allclose(res.block("out", 2, 0, 2, 2)[b, 0], e / e.sum(), rtol=1e-13)
+
+
+# --------------------------------------------------------------------------- errors
+
+def test_cycle_names_a_cell(tmp_path):
+    book = make_book(tmp_path, {"03 conv c1": {"A1": 1.0, "B4": "=C4+1", "C4": "=B4*2", "D4": "=A1"}})
+    with pytest.raises(FormulaError) as e:
+        evaluate(book)
+    assert e.value.cell in ("'03 conv c1'!B4", "'03 conv c1'!C4")
+    assert e.value.cell in str(e.value) and "circular" in str(e.value)
+
+
+def test_self_reference_is_a_cycle(tmp_path):
+    book = make_book(tmp_path, {"S": {"A1": "=A1+1"}})
+    with pytest.raises(FormulaError, match="circular") as e:
+        evaluate(book)
+    assert e.value.cell == "S!A1"
+
+
+def test_range_cycle_is_a_cycle(tmp_path):
+    book = make_book(tmp_path, {"S": {"A1": 1.0, "A2": "=SUM(A1:A3)", "A3": 2.0}})
+    with pytest.raises(FormulaError, match="circular") as e:
+        evaluate(book)
+    assert e.value.cell == "S!A2"
+
+
+@pytest.mark.parametrize("formula, message", [
+    ("=FOO(1)", "unsupported function FOO"),
+    ("=EXPM1(1)", "unsupported function EXPM1"),
+    ("=nosuch!A1", "unknown sheet"),
+    ("='no such'!A1+1", "unknown sheet"),
+    ("=SUM(1,", "parse|ends"),
+    ("=#REF!+1", "outside the sheet grid"),
+    ("=SUM(A:A)", "unsupported name|cannot parse|unexpected"),
+    ("=IF(1)", "IF takes"),
+])
+def test_bad_formulas_name_the_cell(tmp_path, formula, message):
+    book = make_book(tmp_path, {"03 conv c1": {"A1": 1.0, "B4": formula}})
+    with pytest.raises(FormulaError, match=message) as e:
+        evaluate(book)
+    assert e.value.cell == "'03 conv c1'!B4"
+
+
+def test_reference_outside_grid(tmp_path):
+    handmade(tmp_path / "g.xlsx", [("S", "s.xml", '<row r="1"><c r="A1"><f>ZZZ1+1</f></c></row>')])
+    with pytest.raises(FormulaError, match="outside the sheet grid") as e:
+        evaluate(read_workbook(tmp_path / "g.xlsx"))
+    assert e.value.cell == "S!A1"
+
+
+def test_shift_formula_moves_relative_parts_only():
+    assert shift_formula("SUM($A$1:A1)+'it''s 100%'!B$2*\"A1\"", 2, 1) == \
+        "SUM($A$1:B3)+'it''s 100%'!C$2*\"A1\""
+    assert shift_formula("A1+$B2+LOG10(C$3)", -1, 0) == "#REF!+$B1+LOG10(C$3)"
+    assert shift_formula("XFD1+1", 0, 1) == "#REF!+1"
+
+
+def test_cell_name_quoting():
+    assert cell_name("03 conv c1", 3, 1) == "'03 conv c1'!B4"
+    assert cell_name("Sheet1", 0, 27) == "Sheet1!AB1"
+    assert cell_name("it's", 0, 0) == "'it''s'!A1"
+    assert cell_name("A1", 0, 0) == "'A1'!A1"
+
+
+# --------------------------------------------------------------------------- reader
+
+def test_reader_values_cached_and_arrays(tmp_path):
+    path = tmp_path / "r.xlsx"
+    wb = xlsxwriter.Workbook(str(path))
+    ws = wb.add_worksheet("Data")
+    ws.write("A1", 1.5)
+    ws.write("B1", "hello")
+    ws.write("C1", True)
+    ws.write("A2", -3)
+    ws.write_formula("D1", "=A1*2", None, 3)
+    ws.write_formula("D2", '="x"&"y"', None, "xy")
+    ws.write_formula("D3", "=1/0", None, "#DIV/0!")
+    ws.write_formula("D4", "=A1>1", None, True)
+    wb.add_worksheet("Empty")
+    wb.close()
+    book = read_workbook(path)
+    assert book.sheets == ["Data", "Empty"]
+    assert book.value("Data", 0, 0) == 1.5 and book.value("Data", 0, 1) == "hello"
+    assert book.value("Data", 0, 2) is True and book.value("Data", 1, 0) == -3.0
+    assert book.value("Data", 0, 3) is None and book.value("Data", 9, 9) is None
+    assert book.formulas[("Data", 0, 3)] == "A1*2"
+    assert book.cached[("Data", 0, 3)] == 3.0 and book.cached[("Data", 1, 3)] == "xy"
+    assert book.cached[("Data", 2, 3)] == "#DIV/0!" and book.cached[("Data", 3, 3)] is True
+    assert book.constants[("Data", 0, 1)] == "hello" and ("Data", 0, 3) not in book.constants
+    assert len(book.constants) == 4 and set(book.constants) == {("Data", 0, 0), ("Data", 0, 1),
+                                                                 ("Data", 0, 2), ("Data", 1, 0)}
+    arr = book.sheet_array("Data")
+    assert arr.shape == (4, 4) and arr[0, 0] == 1.5 and arr[1, 0] == -3
+    assert np.isnan(arr[0, 1]) and np.isnan(arr[0, 2]) and np.isnan(arr[0, 3])
+    assert book.sheet_array("Empty").shape == (0, 0)
+    res = evaluate(book)
+    assert res.value("Data", 0, 3) == 3.0 and res.value("Data", 0, 1) == "hello"
+    assert res.value("Data", 0, 2) is True and res.value("Data", 3, 3) == 1.0
+
+
+def test_large_numeric_block_reads_exactly(tmp_path):
+    g = np.random.default_rng(7)
+    W = g.normal(size=(300, 70))
+    wb = xlsxwriter.Workbook(str(tmp_path / "w.xlsx"))
+    ws = wb.add_worksheet("w")
+    for r in range(300):
+        ws.write_row(r + 3, 2, W[r].tolist())
+    ws.write(1, 0, "title")
+    ws.write_row(400, 5, [1.0, 2.0])  # a short row after a gap
+    wb.close()
+    arr = read_workbook(tmp_path / "w.xlsx").sheet_array("w")
+    written = np.vectorize(lambda v: float("%.16G" % v))(W)  # XlsxWriter's number format
+    np.testing.assert_array_equal(arr[3:303, 2:72], written)
+    assert arr.shape == (401, 72) and arr[400, 5] == 1.0 and arr[400, 6] == 2.0
+    assert np.isnan(arr[1, 0]) and np.isnan(arr[0]).all()
+
+
+SHARED = (
+    '<row r="1"><c r="A1"><v>1</v></c><c r="B1"><v>10</v></c>'
+    '<c r="C1"><f t="shared" ref="C1:C4" si="0">A1*2+$B$1</f><v>12</v></c>'
+    '<c r="D1"><f t="shared" ref="D1:E2" si="1">SUM($A$1:A1)</f><v>1</v></c>'
+    '<c r="E1"><f t="shared" si="1"/><v>11</v></c></row>'
+    '<row r="2"><c r="A2"><v>2</v></c><c r="C2"><f t="shared" si="0"/><v>14</v></c>'
+    '<c r="D2"><f t="shared" si="1"/><v>3</v></c><c r="E2"><f t="shared" si="1"/><v>13</v></c></row>'
+    '<row r="3"><c r="A3"><v>3</v></c><c r="C3"><f t="shared" si="0"/><v>16</v></c></row>'
+    '<row r="4"><c r="A4"><v>4</v></c><c r="C4"><f t="shared" si="0"/><v>18</v></c></row>'
+)
+
+
+def test_shared_formulas_are_expanded(tmp_path):
+    book = read_workbook(handmade(tmp_path / "s.xlsx", [("S", "sheet9.xml", SHARED)]))
+    assert book.formulas[("S", 3, 2)] == "A4*2+$B$1"
+    assert book.formulas[("S", 0, 4)] == "SUM($A$1:B1)"
+    assert book.formulas[("S", 1, 4)] == "SUM($A$1:B2)"
+    res = evaluate(book)
+    for key, cached in book.cached.items():
+        assert res.value(*key) == cached, key
+
+
+def test_sheet_order_from_workbook_xml_and_string_kinds(tmp_path):
+    strings = ["<si><t>plain</t></si>", "<si><r><t>ri</t></r><r><t>ch</t></r><rPh><t>x</t></rPh></si>",
+               "<si><t>a&amp;b_x000D_</t></si>"]
+    sheets = [("Zeta", "sheet1.xml", '<row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1" t="s"><v>1</v></c>'
+                                     '<c r="C1" t="s"><v>2</v></c><c r="D1" t="inlineStr"><is><t>inl</t></is></c>'
+                                     '<c r="E1" t="b"><v>0</v></c><c r="F1" t="e"><v>#N/A</v></c>'
+                                     '<c r="G1" s="3"/><c r="H1" t="n"><v>2.5</v></c></row>'),
+              ("Alpha", "a.xml", '<row r="2"><c r="B2"><f>Zeta!H1*2</f><v>5</v></c>'
+                                 '<c r="C2" t="str"><f>Zeta!A1&amp;"!"</f><v>plain!</v></c>'
+                                 '<c r="D2" t="e"><f>Zeta!F1</f><v>#N/A</v></c></row>')]
+    book = read_workbook(handmade(tmp_path / "o.xlsx", sheets, strings=strings))
+    assert book.sheets == ["Zeta", "Alpha"]
+    assert [book.value("Zeta", 0, c) for c in range(8)] == ["plain", "rich", "a&b\r", "inl", False, "#N/A",
+                                                            None, 2.5]
+    assert book.cached[("Alpha", 1, 2)] == "plain!" and book.cached[("Alpha", 1, 3)] == "#N/A"
+    res = evaluate(book)
+    assert res.value("Alpha", 1, 1) == 5.0
+    assert math.isnan(res.value("Alpha", 1, 3))  # the error value propagates
+
+
+def test_namespaced_xml_and_cells_without_r(tmp_path):
+    body = ('<x:row r="2"><x:c r="A2"><x:v>4</x:v></x:c><x:c><x:v>6</x:v></x:c>'
+            '<x:c><x:f>A2+B2</x:f></x:c></x:row><x:row><x:c><x:v>1</x:v></x:c></x:row>')
+    xml = (lambda d: f'<x:worksheet xmlns:x="{MAIN}"><x:sheetData>{d}</x:sheetData></x:worksheet>')
+    book = read_workbook(handmade(tmp_path / "n.xlsx", [("N", "n.xml", body)], sheet_xml=xml))
+    assert book.value("N", 1, 1) == 6.0 and book.value("N", 2, 0) == 1.0
+    assert book.formulas[("N", 1, 2)] == "A2+B2"
+    assert evaluate(book).value("N", 1, 2) == 10.0
+
+
+def test_openpyxl_written_workbook(tmp_path):
+    openpyxl = pytest.importorskip("openpyxl")
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "op sheet"
+    ws["A1"], ws["A2"], ws["A3"] = 2, 3.5, "label"
+    ws["B1"] = "=SUM(A1:A3)*2"
+    wb.save(tmp_path / "op.xlsx")
+    book = read_workbook(tmp_path / "op.xlsx")
+    assert book.cached[("op sheet", 0, 1)] is None
+    assert book.value("op sheet", 2, 0) == "label"
+    assert evaluate(book).value("op sheet", 0, 1) == 11.0
+
+
+def test_not_a_zip(tmp_path):
+    p = tmp_path / "fake.xlsx"
+    p.write_text("this is not a workbook")
+    with pytest.raises(WorkbookError, match="not a zip"):
+        read_workbook(p)
+    assert issubclass(WorkbookError, ValueError)
+
+
+def _zip_with_declared_size(size, compressed=b"x" * 1000):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("xl/workbook.xml", compressed)
+    data = bytearray(buf.getvalue())
+    cd = data.rfind(b"PK\x01\x02")
+    data[cd + 24:cd + 28] = struct.pack("<I", size)  # uncompressed size in the central directory
+    return bytes(data)
+
+
+def test_zip_bomb_refused_before_inflating(tmp_path):
+    p = tmp_path / "bomb.xlsx"
+    p.write_bytes(_zip_with_declared_size(0xFFFFFFF0))  # declares ~4 GiB
+    with pytest.raises(WorkbookError, match="refusing"):
+        read_workbook(p)
+    p.write_bytes(_zip_with_declared_size(150 << 20))  # 150 MB from a few bytes: ratio
+    with pytest.raises(WorkbookError, match="zip bomb"):
+        read_workbook(p)
+
+
+def test_size_limits_are_parameters_and_lies_are_caught(tmp_path):
+    book_path = tmp_path / "small.xlsx"
+    make_book(tmp_path, {"S": {"A1": 1.0}}, name="small.xlsx")
+    with pytest.raises(WorkbookError, match="refusing"):
+        read_workbook(book_path, max_total_size=1000)
+    p = tmp_path / "liar.xlsx"
+    p.write_bytes(_zip_with_declared_size(10))  # inflates beyond what it declares
+    with pytest.raises(WorkbookError):
+        read_workbook(p)
+
+
+# --------------------------------------------------------------------------- LibreOffice
+
+@pytest.mark.libreoffice
+@pytest.mark.skipif(shutil.which("soffice") is None, reason="LibreOffice (soffice) not installed")
+def test_agrees_with_libreoffice_recalculation(tmp_path):
+    """Round-trip through .ods makes LibreOffice recalculate and cache its own values."""
+    g = np.random.default_rng(8)
+    x, k = g.normal(size=(7, 7)), g.normal(size=(3, 3))
+    conv_book(tmp_path, x, k, name="lo.xlsx")
+    wb_path = tmp_path / "lo.xlsx"
+    for fmt, src in (("ods", wb_path), ("xlsx", tmp_path / "ods" / "lo.ods")):
+        out = tmp_path / ("ods" if fmt == "ods" else "back")
+        subprocess.run(["soffice", "--headless", "--convert-to", fmt, "--outdir", str(out), str(src)],
+                       check=True, capture_output=True, timeout=180)
+    book = read_workbook(tmp_path / "back" / "lo.xlsx")
+    res = evaluate(book)
+    assert len(book.formulas) == 25
+    for key, cached in book.cached.items():
+        assert res.value(*key) == pytest.approx(cached, rel=1e-12, abs=1e-12)
+    np.testing.assert_allclose(res.block("out", 2, 3, 6, 7), conv_ref(x, k), rtol=1e-12)

@@ -1,0 +1,18 @@
+"""xlcnn's own formula engine: read an .xlsx with zipfile + XML and recalculate every formula
+with NumPy, independently of the code that wrote them (``xlcnn verify`` relies on that).
+
+    book = read_workbook(path)              # WorkbookError (a ValueError) for non-zips, zip bombs
+    book.sheets, book.formulas, book.cached, book.constants, book.value(s, r, c), book.sheet_array(s)
+    result = evaluate(book, overrides={(sheet, row, col): np.array([...B values...])})
+    result.value(sheet, row, col); result.block(sheet, r0, c0, r1, c1); result.seconds
+
+Rows and columns are 0-based.  FormulaError.cell names the offending cell like 'sheet'!B4.
+Only the standard library and NumPy are imported.
+"""
+
+from .evaluate import Result, evaluate
+from .parser import FormulaError, cell_name, parse
+from .reader import Book, WorkbookError, read_workbook
+
+__all__ = ["Book", "FormulaError", "Result", "WorkbookError", "cell_name", "evaluate", "parse",
+           "read_workbook"]

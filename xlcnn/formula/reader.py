@@ -1,0 +1,522 @@
+"""Read an .xlsx file's cells straight from its zip and XML: constants, formulas (shared
+formulas expanded) and the values Excel or LibreOffice cached for them.
+
+Built for workbooks with a million constant cells.  A worksheet is read in chunks of whole rows:
+a chunk that is only rows of plain numbers (a weight matrix) is parsed without any per-cell
+regular expression (one findall of the <v> texts, positions from the row headers); any other
+chunk is cut with one regular expression over bytes (``re.split`` returns a flat list, so no
+per-cell tuple is built) and its numbers still become NumPy arrays in bulk.  Only formulas,
+strings and other unusual cells get per-cell Python.  Anything the fast pattern does not account
+for (namespace prefixes, cells without an ``r`` attribute) falls back to ElementTree.
+"""
+
+import html
+import io
+import itertools
+import posixpath
+import re
+import zipfile
+import zlib
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+
+import numpy as np
+
+from .parser import (FormulaError, MAX_COLS, MAX_ROWS, cell_name, col_index, col_letters,
+                     shifter)
+
+DEFAULT_MAX_TOTAL = 2 << 30        # 2 GiB of declared uncompressed data
+DEFAULT_MAX_RATIO = 200            # compression ratio that marks a member as a bomb...
+DEFAULT_RATIO_MIN_SIZE = 100 << 20  # ...once it would expand beyond 100 MB
+
+
+MAX_DENSE_CELLS = 200_000_000  # one sheet as a float64 array: 1.6 GB
+
+
+class WorkbookError(ValueError):
+    """The file is not a workbook this reader will open (not a zip, zip bomb, no sheets...)."""
+
+
+# --------------------------------------------------------------------------- the book
+
+class Book:
+    """Cells of one workbook.  Rows and columns are 0-based everywhere."""
+
+    def __init__(self, path, sheets):
+        self.path = str(path)
+        self.sheets = sheets            # names, workbook order
+        self.formulas = {}              # (sheet, row, col) -> text without '='
+        self.cached = {}                # (sheet, row, col) -> cached float/str/bool/None
+        self.constants = _Constants(self)
+        self._num = {}                  # sheet -> (rows, cols, values) of numeric constants
+        self._other = {}                # sheet -> {(row, col): str/bool} other constants
+        self._errors = {}               # sheet -> {(row, col)} constants that are error values
+        self._fcells = {}               # sheet -> (rows, cols, texts) of formula cells
+        self._dense = {}                # sheet -> cached sheet_array
+        self._lower = {s.lower(): s for s in sheets}
+        self._program = None            # the evaluator's compiled plan, built on first use
+
+    def sheet_name(self, sheet):
+        """The workbook's spelling of ``sheet`` (names are case-insensitive, as in Excel)."""
+        try:
+            return self._lower[sheet.lower()]
+        except KeyError:
+            raise KeyError(f"no sheet named {sheet!r} in {self.path}") from None
+
+    def shape(self, sheet):
+        """(rows, cols) just covering every cell stored on ``sheet``."""
+        sheet = self.sheet_name(sheet)
+        nr = nc = 0
+        rows, cols, _ = self._num[sheet]
+        if len(rows):
+            nr, nc = int(rows.max()) + 1, int(cols.max()) + 1
+        frows, fcols, _ = self._fcells[sheet]
+        for r, c in itertools.chain(self._other[sheet], zip(frows, fcols)):
+            nr, nc = max(nr, r + 1), max(nc, c + 1)
+        return nr, nc
+
+    def sheet_array(self, sheet):
+        """Numeric constants of ``sheet`` as a read-only float64 array, NaN where a cell is empty,
+        text, boolean, an error or a formula."""
+        sheet = self.sheet_name(sheet)
+        arr = self._dense.get(sheet)
+        if arr is None:
+            shape = self.shape(sheet)
+            if shape[0] * shape[1] > MAX_DENSE_CELLS:
+                raise WorkbookError(f"sheet {sheet!r} spans {shape[0]}x{shape[1]} cells, too many "
+                                    "for a dense array")
+            arr = np.full(shape, np.nan)
+            rows, cols, vals = self._num[sheet]
+            arr[rows, cols] = vals
+            arr.setflags(write=False)
+            self._dense[sheet] = arr
+        return arr
+
+    def value(self, sheet, row, col):
+        """Constant in a cell: float, str, bool (error values as their text, e.g. '#N/A'), or
+        None for an empty cell or a formula cell."""
+        sheet = self.sheet_name(sheet)
+        arr = self.sheet_array(sheet)
+        if row < arr.shape[0] and col < arr.shape[1] and arr[row, col] == arr[row, col]:
+            return float(arr[row, col])
+        return self._other[sheet].get((row, col))
+
+    def __repr__(self):
+        return (f"<Book {self.path!r}: {len(self.sheets)} sheets, {len(self.constants)} constants, "
+                f"{len(self.formulas)} formulas>")
+
+
+class _Constants(Mapping):
+    """``book.constants[(sheet, row, col)]`` without building a million-entry dict."""
+
+    def __init__(self, book):
+        self._book = book
+
+    def __getitem__(self, key):
+        sheet, row, col = key
+        try:
+            value = self._book.value(sheet, row, col)
+        except KeyError:
+            value = None
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self):
+        for sheet in self._book.sheets:
+            rows, cols, _ = self._book._num[sheet]
+            yield from zip(itertools.repeat(sheet), rows.tolist(), cols.tolist())
+            for r, c in self._book._other[sheet]:
+                yield sheet, r, c
+
+    def __len__(self):
+        b = self._book
+        return sum(len(b._num[s][0]) + len(b._other[s]) for s in b.sheets)
+
+
+# --------------------------------------------------------------------------- zip handling
+
+def _open_zip(path, max_total, max_ratio, ratio_min_size):
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise WorkbookError(f"{path}: not an .xlsx workbook (not a zip archive)") from None
+    # Refuse a zip bomb from the sizes its directory declares, before inflating anything;
+    # _read_member then makes sure no member inflates beyond what it declared.
+    infos = zf.infolist()
+    total = sum(i.file_size for i in infos)
+    if total > max_total:
+        zf.close()
+        raise WorkbookError(f"{path}: refusing to open, members would expand to {total:,} bytes "
+                            f"(limit {max_total:,})")
+    for i in infos:
+        if i.file_size > ratio_min_size and i.file_size > max_ratio * max(i.compress_size, 1):
+            zf.close()
+            raise WorkbookError(f"{path}: refusing to open, member {i.filename} expands "
+                                f"{i.file_size / max(i.compress_size, 1):.0f}:1 to {i.file_size:,} "
+                                f"bytes (looks like a zip bomb)")
+    return zf
+
+
+def _read_member(zf, name):
+    info = zf.getinfo(name)
+    try:
+        with zf.open(info) as f:
+            data = f.read(info.file_size + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # CRC mismatch: sizes were lied about
+        raise WorkbookError(f"member {name} is corrupt ({e})") from None
+    if len(data) > info.file_size:
+        raise WorkbookError(f"member {name} inflates beyond its declared size")
+    return data
+
+
+def _local(tag):
+    return tag.rsplit("}", 1)[-1]
+
+
+def _rels(zf, part):
+    """{Id: (Type, target path inside the zip)} from the .rels file belonging to ``part``."""
+    folder, base = posixpath.split(part)
+    name = posixpath.join(folder, "_rels", base + ".rels")
+    if name not in zf.NameToInfo:
+        return {}
+    out = {}
+    for el in ET.fromstring(_read_member(zf, name)).iter():
+        if _local(el.tag) != "Relationship" or el.get("TargetMode") == "External":
+            continue
+        target = el.get("Target", "")
+        target = target.lstrip("/") if target.startswith("/") else posixpath.normpath(
+            posixpath.join(folder, target))
+        out[el.get("Id")] = (el.get("Type", ""), target)
+    return out
+
+
+# --------------------------------------------------------------------------- text helpers
+
+_XSTR = re.compile(r"_x([0-9A-Fa-f]{4})_")
+
+
+def _text(raw):
+    """XML character data (bytes) -> str, with entities and OOXML's _xHHHH_ escapes decoded."""
+    s = raw.decode("utf-8")
+    if "&" in s:
+        s = html.unescape(s)
+    if "_x" in s:
+        s = _XSTR.sub(lambda m: chr(int(m.group(1), 16)), s)
+    return s
+
+
+def _shared_strings(zf, name):
+    if not name or name not in zf.NameToInfo:
+        return []
+    out = []
+    for si in ET.fromstring(_read_member(zf, name)):
+        if _local(si.tag) != "si":
+            continue
+        pieces = []
+        for el in si.iter():  # <t> directly or inside rich-text runs <r>; skip phonetic <rPh>
+            if _local(el.tag) == "rPh":
+                el.clear()
+            elif _local(el.tag) == "t" and el.text:
+                pieces.append(el.text)
+        s = "".join(pieces)
+        out.append(_XSTR.sub(lambda m: chr(int(m.group(1), 16)), s) if "_x" in s else s)
+    return out
+
+
+# --------------------------------------------------------------------------- sheet parsing
+
+# One <c> element: column letters, row digits, t attribute, the whole <f ...> element, the <v>
+# text, and whatever else is inside (inline strings).  Groups that did not take part are None.
+_CELL = re.compile(
+    rb'<c r="([A-Z]{1,3})([0-9]{1,7})"(?:[^>]*? t="([a-zA-Z]+)")?[^>]*?'
+    rb"(?:/>|>(<f\b[^>]*?(?:/>|>[^<]*</f>))?(?:<v>([^<]*)</v>)?(.*?)</c>)",
+    re.S,
+)
+_CHUNK = 8 << 20            # cut sheet XML at </row> about every 8 MB to bound the split list
+_NUMERIC_T = {None, b"n"}
+_NO_REST = {None, b""}
+_ATTR = re.compile(r'([\w:]+)="([^"]*)"')
+_INLINE_T = re.compile(rb"<t\b[^>]*>([^<]*)</t>|<rPh\b.*?</rPh>", re.S)
+_V_ANY = re.compile(rb"<v\b[^>]*>([^<]*)</v>")
+
+
+class _Cells:
+    """What a worksheet holds, before interpretation: numeric cells in bulk, the rest listed."""
+
+    def __init__(self):
+        self.num = []     # list of (rows, cols, values) arrays, one per chunk
+        self.special = []  # (row, col, t, f_element_str_or_None, v_str_or_None, rest_str)
+
+
+def _indices_not_in(seq, allowed):
+    if set(seq) <= allowed:  # C-speed check; the common answer is "none"
+        return []
+    return [i for i, x in enumerate(seq) if x not in allowed]
+
+
+_V_TEXT = re.compile(rb"<v>([^<]*)</v>")
+_ROW_R = re.compile(rb'<row r="([0-9]+)"')
+_FIRST_COL = re.compile(rb'<c r="([A-Z]{1,3})[0-9]')
+
+
+def _numeric_block(chunk):
+    """(rows, cols, values) of a chunk made only of rows of contiguous plain numbers (a weight
+    matrix, as XlsxWriter writes it), found without a per-cell regex; None for anything else."""
+    if (b"<f" in chunk or b"<is" in chunk or b"<c>" in chunk or b"<v></v>" in chunk
+            or (b' t="' in chunk and chunk.count(b' t="') != chunk.count(b' t="n"'))):
+        return None
+    pieces = chunk.split(b"<row ")[1:]
+    if not pieces or len(chunk) < 200 * len(pieces):  # short rows: the per-row loop below would not pay
+        return None
+    row_ids, counts, starts = [], [], []
+    for piece in pieces:
+        m = _ROW_R.match(b"<row " + piece[:24])
+        k = piece.count(b"<c ")
+        if k == 0:
+            continue
+        first = _FIRST_COL.search(piece)
+        last = _FIRST_COL.search(piece, piece.rfind(b"<c "))
+        if m is None or first is None or last is None:
+            return None
+        c0 = col_index(first.group(1).decode())
+        if col_index(last.group(1).decode()) - c0 + 1 != k:  # gaps: let the regex path place cells
+            return None
+        row_ids.append(int(m.group(1)) - 1)
+        counts.append(k)
+        starts.append(c0)
+    n = sum(counts)
+    if n == 0:
+        return None
+    vals = _V_TEXT.findall(chunk)  # every cell has exactly one <v> (checked by the count)
+    if len(vals) != n or n != chunk.count(b"<c "):
+        return None
+    counts = np.array(counts, np.int64)
+    rows = np.repeat(np.array(row_ids, np.int64), counts)
+    cols = np.arange(n) - np.repeat(np.cumsum(counts) - counts - np.array(starts), counts)
+    return rows, cols, np.fromiter(map(float, vals), np.float64, n)
+
+
+def _scan_fast(data, cells):
+    """Cut ``data`` with _CELL; False if some <c> element escaped the pattern."""
+    start = 0
+    while start < len(data):
+        end = data.find(b"</row>", start + _CHUNK)
+        end = len(data) if end < 0 else end + 6
+        chunk = data[start:end]
+        start = end
+        block = _numeric_block(chunk)
+        if block is not None:
+            cells.num.append(block)
+            continue
+        parts = _CELL.split(chunk)
+        n = (len(parts) - 1) // 7
+        if n != chunk.count(b"<c ") + chunk.count(b"<c>"):
+            return False
+        if n == 0:
+            continue
+        cols, rows, ts, fs, vs, rests = (parts[k::7] for k in range(1, 7))
+        special = sorted(set(_indices_not_in(ts, _NUMERIC_T)) | set(_indices_not_in(fs, {None}))
+                         | set(_indices_not_in(rests, _NO_REST)))
+        keep = np.ones(n, bool)
+        keep[special] = False
+        if not set(vs).isdisjoint((None, b"")):  # empty (style-only) cells
+            keep &= np.fromiter(map(bool, vs), bool, n)
+        letter_ids = dict.fromkeys(cols)
+        for letters in letter_ids:
+            letter_ids[letters] = col_index(letters.decode())
+        col = np.fromiter(map(letter_ids.__getitem__, cols), np.int64, n)
+        row = np.fromstring(b" ".join(rows), dtype=np.int64, sep=" ") - 1
+        if keep.all():
+            vals = np.fromiter(map(float, vs), np.float64, n)
+        else:
+            kept = itertools.compress(vs, keep.tolist())
+            vals = np.fromiter(map(float, kept), np.float64, int(keep.sum()))
+        cells.num.append((row[keep], col[keep], vals))
+        for i in special:
+            f = fs[i]
+            v = vs[i]
+            cells.special.append((int(row[i]), int(col[i]), (ts[i] or b"n").decode(),
+                                  None if f is None else f.decode("utf-8"),
+                                  v, rests[i] or b""))
+    return True
+
+
+def _scan_slow(data, cells):
+    """ElementTree fallback for sheets the fast pattern does not fit (slower, any layout)."""
+    rows, cols, vals = [], [], []
+    for _, el in ET.iterparse(io.BytesIO(_number_cells(data)), events=("end",)):
+        if _local(el.tag) != "c":
+            continue
+        m = re.fullmatch(r"([A-Z]{1,3})([0-9]{1,7})", el.get("r", ""))
+        if m is None:
+            raise WorkbookError(f"cell reference {el.get('r')!r} is not an A1 reference")
+        row, col = int(m.group(2)) - 1, col_index(m.group(1))
+        t = el.get("t", "n")
+        f = v = None
+        rest = b""
+        for child in el:
+            tag = _local(child.tag)
+            if tag == "f":  # rebuilt as the fast path would have captured it
+                attrs = "".join(f' {_local(k)}="{html.escape(x)}"' for k, x in child.attrib.items())
+                f = f"<f{attrs}>{html.escape(child.text or '', quote=False)}</f>"
+            elif tag == "v":  # re-escaped: _interpret decodes entities as for the fast path
+                v = html.escape(child.text or "", quote=False).encode()
+            elif tag == "is":
+                text = "".join(x.text or "" for x in child.iter() if _local(x.tag) == "t")
+                rest = b"<is><t>" + html.escape(text, quote=False).encode() + b"</t></is>"
+        if t == "n" and f is None and not rest:
+            if v:
+                rows.append(row)
+                cols.append(col)
+                vals.append(float(v))
+        else:
+            cells.special.append((row, col, t, f, v, rest))
+        el.clear()
+    cells.num.append((np.array(rows, np.int64), np.array(cols, np.int64), np.array(vals, float)))
+
+
+_ROW_OR_CELL = re.compile(rb"<(?:\w+:)?(row|c)\b([^>]*?)/?>")
+_R_ATTR = re.compile(rb'\br="([^"]*)"')
+
+
+def _number_cells(data):
+    """Give every <c> without an r attribute its A1 position (the attribute is optional in the
+    format: a row without r follows the previous row, a cell without r the previous cell)."""
+    out = []
+    row = col = pos = 0
+    for m in _ROW_OR_CELL.finditer(data):
+        r = _R_ATTR.search(m.group(2))
+        if m.group(1) == b"row":
+            row = int(r.group(1)) if r else row + 1
+            col = 0
+        elif r:
+            col = col_index(re.match(rb"[A-Z]+", r.group(1)).group().decode()) + 1
+        else:
+            col += 1
+            out += [data[pos:m.start(2)], b' r="%s%d"' % (col_letters(col - 1).encode(), row)]
+            pos = m.start(2)
+    out.append(data[pos:])
+    return b"".join(out)
+
+
+def _parse_sheet(data):
+    cells = _Cells()
+    if b"<sheetData" not in data or not _scan_fast(data, cells):
+        cells = _Cells()
+        _scan_slow(data, cells)
+    return cells
+
+
+# --------------------------------------------------------------------------- interpretation
+
+def _value(t, v, rest, strings):
+    """A cell's value from its type attribute and <v>/<is> content."""
+    if t == "inlineStr" or (rest and b"<is" in rest):
+        return _text(b"".join(m.group(1) or b"" for m in _INLINE_T.finditer(rest)))
+    if v is None and rest:
+        m = _V_ANY.search(rest)  # <v xml:space="preserve">...</v>
+        v = m.group(1) if m else None
+    if v is None:
+        return None
+    if t == "s":
+        try:
+            return strings[int(v)]
+        except (ValueError, IndexError):
+            raise WorkbookError(f"shared string index {v!r} out of range") from None
+    if t == "b":
+        return v.strip() in (b"1", b"true")
+    if t in ("str", "e", "d"):
+        return _text(v)
+    if not v:
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        return _text(v)
+
+
+def _interpret(book, sheet, cells, strings):
+    num = [x for x in cells.num if len(x[0])]
+    if num:
+        book._num[sheet] = tuple(np.concatenate(a) for a in zip(*num))
+    else:
+        book._num[sheet] = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    other = book._other[sheet] = {}
+    errors = book._errors[sheet] = set()
+    frows, fcols, ftexts = [], [], []
+    masters = {}   # si -> (row, col, shifter of the master text)
+    children = []  # (row, col, si) of shared formulas to expand once all masters are known
+    for row, col, t, f, v, rest in cells.special:
+        value = _value(t, v, rest, strings)
+        if f is None:
+            if value is not None:
+                other[(row, col)] = value
+                if t == "e":
+                    errors.add((row, col))
+            continue
+        head, _, body = f.partition(">")
+        attrs = dict(_ATTR.findall(head)) if len(head) > 2 else {}
+        text = None if head.endswith("/") else _text(body[:-4].encode("utf-8"))
+        key = (sheet, row, col)
+        book.cached[key] = value
+        if attrs.get("t") == "shared" and "si" in attrs:
+            if text:
+                masters[attrs["si"]] = (row, col, shifter(text))
+            else:
+                children.append((row, col, attrs["si"]))
+                continue
+        if not text:
+            raise FormulaError("formula element without text", cell_name(sheet, row, col))
+        frows.append(row)
+        fcols.append(col)
+        ftexts.append(text)
+    for row, col, si in children:
+        if si not in masters:
+            raise FormulaError(f"shared formula si={si} has no master", cell_name(sheet, row, col))
+        mrow, mcol, shift = masters[si]
+        frows.append(row)
+        fcols.append(col)
+        ftexts.append(shift(row - mrow, col - mcol))
+    for r, c, text in zip(frows, fcols, ftexts):
+        book.formulas[(sheet, r, c)] = text
+    book._fcells[sheet] = (frows, fcols, ftexts)
+    # Constants and formulas beyond Excel's grid mean a malformed file, not a big sheet.
+    rows, cols, _ = book._num[sheet]
+    if len(rows) and (rows.max() >= MAX_ROWS or cols.max() >= MAX_COLS or rows.min() < 0):
+        raise WorkbookError(f"sheet {sheet!r} has a cell outside the {MAX_ROWS}x{MAX_COLS} grid")
+
+
+# --------------------------------------------------------------------------- entry point
+
+def read_workbook(path, *, max_total_size=DEFAULT_MAX_TOTAL, max_ratio=DEFAULT_MAX_RATIO,
+                  ratio_min_size=DEFAULT_RATIO_MIN_SIZE):
+    """Read every sheet of the .xlsx at ``path`` into a :class:`Book`.
+
+    Raises :class:`WorkbookError` (a ValueError) for a file that is not a zip, a zip whose
+    declared sizes exceed ``max_total_size`` in all or whose member expands more than
+    ``max_ratio``:1 to more than ``ratio_min_size`` bytes, or a workbook without sheets."""
+    with _open_zip(path, max_total_size, max_ratio, ratio_min_size) as zf:
+        office = [t for typ, t in _rels(zf, "").values() if typ.endswith("/officeDocument")]
+        wb_part = office[0] if office else "xl/workbook.xml"
+        if wb_part not in zf.NameToInfo:
+            raise WorkbookError(f"{path}: no workbook part ({wb_part}) in the zip")
+        rels = _rels(zf, wb_part)
+        names, parts = [], []
+        for el in ET.fromstring(_read_member(zf, wb_part)).iter():
+            if _local(el.tag) != "sheet":
+                continue
+            rid = next((x for k, x in el.attrib.items() if _local(k) == "id"), None)
+            if rid in rels and rels[rid][1] in zf.NameToInfo:
+                names.append(el.get("name"))
+                parts.append(rels[rid][1])
+        kept = [(n, p) for n, p in zip(names, parts) if "chartsheet" not in p]  # charts: no cells
+        if not kept:
+            raise WorkbookError(f"{path}: the workbook has no worksheets")
+        sst = next((t for typ, t in rels.values() if typ.endswith("/sharedStrings")),
+                   "xl/sharedStrings.xml")
+        strings = _shared_strings(zf, sst)
+        book = Book(path, [n for n, _ in kept])
+        for name, part in kept:
+            _interpret(book, name, _parse_sheet(_read_member(zf, part)), strings)
+    return book
