@@ -77,7 +77,6 @@ def assert_matches_keras(values, model_path, x, rel=1e-5):
 def write_input_cells(src, dst, entries, input_layer, x):
     """Copy a workbook with new input values typed into its input cells (openpyxl keeps formulas)."""
     import openpyxl
-    from xlcnn import manifest
     wb = openpyxl.load_workbook(src)
     rows = [e for e in entries if e.layer == input_layer]
     x = np.asarray(x, dtype=np.float64)
@@ -105,15 +104,18 @@ def random_input(shape, seed):
     return rng.uniform(-2.0, 2.0, size=shape).astype(np.float32)
 
 
-def build_cases(cases, base):
-    """Build a workbook for every case {name: (make_model, suffix)} with a random input, then have
-    LibreOffice recalculate all of them (one start for the lot), then type a second input into
-    each workbook's input cells and recalculate those too.
+def build_cases(cases, base, images=None):
+    """Build a workbook for every case {name: (make_model, suffix)}, from a random input or, where
+    images[name] names an image file, from that real image; then have LibreOffice recalculate all
+    of them (one start for the lot), type a second input into each workbook's input cells and
+    recalculate those too.
 
     Returns {name: dict(model, x, x2, book, lo, lo2)}; lo/lo2 are missing without LibreOffice."""
-    from xlcnn.build import build
+    from xlcnn.build import build, default_scale
+    from xlcnn.image import prepare
     from xlcnn.libreoffice import recalculate
-    from xlcnn.model import load
+    from xlcnn.model import input_layout, load
+    images = images or {}
     k = keras()
     out = {}
     for i, (name, (make, suffix)) in enumerate(cases.items()):
@@ -121,11 +123,20 @@ def build_cases(cases, base):
         model = make()
         model_path = base / f"{name}{suffix}"
         model.save(str(model_path))
-        x = random_input(model.input_shape[1:], seed=100 + i)
-        np.save(base / f"{name}.npy", x)
+        shape = model.input_shape[1:]
         book = base / f"{name}.xlsx"
-        build(model_path, base / f"{name}.npy", book)
-        out[name] = dict(model=model_path, x=x, x2=random_input(model.input_shape[1:], seed=200 + i), book=book)
+        if name in images:
+            build(model_path, images[name], book)
+            loaded = load(model_path)
+            x = prepare(images[name], loaded.input_shape, input_layout(loaded),
+                        default_scale=default_scale(loaded)).tensor
+            x2 = (random_input(shape, seed=200 + i) + 2.0) / 4.0 * float(np.max(x))
+        else:
+            x = random_input(shape, seed=100 + i)
+            np.save(base / f"{name}.npy", x)
+            build(model_path, base / f"{name}.npy", book)
+            x2 = random_input(shape, seed=200 + i)
+        out[name] = dict(model=model_path, x=x, x2=x2.astype(np.float32), book=book)
     if shutil.which("soffice") is None:
         return out
     for case, path in zip(out.values(), recalculate([c["book"] for c in out.values()], base / "lo")):
@@ -136,3 +147,15 @@ def build_cases(cases, base):
     for case, path in zip(out.values(), recalculate([c["edited"] for c in out.values()], base / "lo2")):
         case["lo2"] = path
     return out
+
+
+def check_case(case, which):
+    """A built case's stages equal Keras: which = 'book' (the cached values as written), 'lo'
+    (LibreOffice's recalculation) or 'lo2' (recalculated after the second input was typed in,
+    which must also have changed the model's output)."""
+    values, _ = stage_values(case[which])
+    outs = assert_matches_keras(values, case["model"], case["x2"] if which == "lo2" else case["x"])
+    if which == "lo2":
+        old, _ = stage_values(case["lo"])
+        last = list(outs)[-1]
+        assert not np.allclose(values[last], old[last]), "the new input did not change the output"

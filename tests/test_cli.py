@@ -56,9 +56,10 @@ def _model_file(tmp_path, layers, shape=(6, 6, 1), name="m.keras"):
 
 @pytest.mark.parametrize("layers,needle", [
     (lambda L: [L.Conv2D(4, 3, groups=2, input_shape=None)], "groups=2"),
-    (lambda L: [L.Conv2D(2, 3), L.BatchNormalization()], "'batch_normalization"),
-    (lambda L: [L.Conv2D(2, 3), L.Reshape((16, 2)), L.LSTM(3)], "(Reshape) is not supported"),
-    (lambda L: [L.Conv2D(2, 3, activation="mish")], "activation 'mish'"),
+    (lambda L: [L.Conv2D(2, 3), L.UpSampling2D(interpolation="bilinear")], "interpolation='bilinear'"),
+    (lambda L: [L.Conv2D(2, 3), L.LayerNormalization(name="ln")], "layer 'ln' (LayerNormalization) is not supported"),
+    (lambda L: [L.Conv2D(2, 3), L.Reshape((16, 2))], "target_shape=(16, 2)"),
+    (lambda L: [L.Conv2D(2, 3, activation="celu")], "activation 'celu'"),
     (lambda L: [L.Conv2D(2, 3, activation="softmax")], "softmax"),
     (lambda L: [L.Flatten(), L.Dense(3, dtype="float16")], "dtype policy 'float16'"),
 ])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from conftest import assert_matches_keras, build_cases, keras, needs_libreoffice, stage_values
@@ -13,7 +12,7 @@ def _cases():
     L = k.layers
 
     def residual():
-        i = k.Input((7, 8, 2))
+        i = k.Input((7, 8, 2), name="pixels")
         a = L.Conv2D(3, 3, padding="same", activation="relu", name="branch_a")(i)
         b = L.Conv2D(3, 1, name="shortcut")(i)
         s = L.Add(name="add")([a, b])
@@ -80,7 +79,7 @@ def test_overview_shows_which_stage_reads_which(built):
     rows = {r[1]: r for r in ws.iter_rows(values_only=True) if r and r[1]}
     assert rows["add"][6] == "02 branch_a, 03 shortcut"
     assert rows["sub"][6] == "04 add, 02 branch_a"
-    assert rows["branch_a"][6] == "01 input_layer"
+    assert rows["branch_a"][6] == "01 pixels"
 
 
 def test_channel_concatenation_points_at_its_inputs_sheets(built):

@@ -8,7 +8,6 @@ import re
 import shutil
 import zipfile
 
-import numpy as np
 import pytest
 
 from conftest import SAMPLES, needs_libreoffice

@@ -22,7 +22,7 @@ from . import model as model_mod
 from .errors import XlcnnError
 from .layers import Context, writer_for
 from .layers.base import HANDLERS
-from .layout import FIRST_COL, FIRST_ROW, SheetNames, Tensor, rng, text
+from .layout import FIRST_COL, FIRST_ROW, SheetNames, Tensor, text
 from .workbook import Book
 
 

@@ -5,7 +5,7 @@ To add a layer: write a LayerWriter subclass in the family's module, decorate it
 against Keras with a test in tests/test_layers.py.
 """
 
-from . import conv, core, merge, pooling  # noqa: F401  (importing registers the writers)
+from . import conv, core, depthwise, merge, normalization, pooling, reshaping  # noqa: F401  (importing registers the writers)
 from .base import HANDLERS, Context, LayerWriter
 
 __all__ = ["HANDLERS", "Context", "LayerWriter", "writer_for"]

@@ -52,10 +52,14 @@ ELEMENTWISE = {
     "gelu": (lambda x: f"0.5*{x}*(1+ERF({x}/SQRT(2)))", lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))),
     # the function's default slope (0.2), not the LeakyReLU layer's (0.3)
     "leaky_relu": (lambda x: f"IF({x}>=0,{x},0.2*{x})", lambda x: np.where(x >= 0, x, 0.2 * x)),
+    # x * tanh(softplus(x)), with the overflow-free softplus above (EXP only of -|x|)
+    "mish": (lambda x: f"{x}*TANH(MAX({x},0)+LN(1+EXP(-ABS({x}))))",
+             lambda x: x * np.tanh(np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x))))),
 }
 ALIASES = {"silu": "swish"}
 
-SUPPORTED = sorted(set(ELEMENTWISE) | set(ALIASES) | {"softmax"})
+SUPPORTED = sorted(set(ELEMENTWISE) | set(ALIASES) | {"softmax", "log_softmax"})
+NOT_ELEMENTWISE = ("softmax", "log_softmax")  # they need the whole 1-D column
 
 
 def activation_name(value):
@@ -72,7 +76,7 @@ def activation_name(value):
 def check(value):
     """None when supported, else the reason."""
     name = activation_name(value)
-    if name in ELEMENTWISE or name == "softmax":
+    if name in ELEMENTWISE or name in NOT_ELEMENTWISE:
         return None
     return f"activation {value!r} is not supported (supported: {', '.join(SUPPORTED)})"
 
@@ -80,3 +84,11 @@ def check(value):
 def softmax(x):
     e = np.exp(x - np.max(x))
     return e / np.sum(e)
+
+
+def log_softmax(x):
+    """log_softmax over a 1-D vector: x - max - ln(sum(exp(x - max))). Not elementwise: it needs the
+    whole column, so it is written by a column writer (base.write_log_softmax_column)."""
+    shifted = x - np.max(x)
+    return shifted - np.log(np.sum(np.exp(shifted)))
+

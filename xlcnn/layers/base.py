@@ -8,11 +8,12 @@ anything is written (refusing by name what it cannot reproduce exactly), then `w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 from ..errors import Refusal
-from ..layout import FIRST_COL, FIRST_ROW, SheetNames, Tensor, rng, text
+from ..layout import FIRST_ROW, SheetNames, Tensor, rng, text
 from . import activations as act
 
 HANDLERS: dict[str, type] = {}
@@ -161,6 +162,26 @@ def write_softmax_column(sheet, col, in_first_row, z, in_col=None, in_sheet=None
     return out, col + 1
 
 
+def write_log_softmax_column(sheet, col, in_first_row, z, in_col, in_sheet):
+    """log_softmax of the 1-D column z (at in_sheet!in_col) into two columns of `sheet` from `col`:
+    e = EXP(z - MAX(z)), then z - MAX(z) - LN(SUM(e)). Returns (values, output column).
+    log_softmax needs the whole column, so it cannot be an ELEMENTWISE entry."""
+    n = len(z)
+    zr = rng(in_sheet, in_first_row, in_col, in_first_row + n - 1, in_col, absolute=True)
+    e = np.exp(z - np.max(z))
+    sheet.label(FIRST_ROW - 1, col, "exp(z - max z)", sheet.book.fmt_header)
+    sheet.label(FIRST_ROW - 1, col + 1, text("elementwise.log_softmax"), sheet.book.fmt_header)
+    for i in range(n):
+        cell = rng(in_sheet, in_first_row + i, in_col, in_first_row + i, in_col)
+        sheet.formula(FIRST_ROW + i, col, f"EXP({cell}-MAX({zr}))", e[i])
+    er = rng(sheet.name, FIRST_ROW, col, FIRST_ROW + n - 1, col, absolute=True)
+    out = act.log_softmax(z)
+    for i in range(n):
+        cell = rng(in_sheet, in_first_row + i, in_col, in_first_row + i, in_col)
+        sheet.formula(FIRST_ROW + i, col + 1, f"{cell}-MAX({zr})-LN(SUM({er}))", out[i])
+    return out, col + 1
+
+
 def write_1d_activation(sheet, col, in_tensor_col_first_row, z, name, in_col, in_sheet):
     """Activation of a 1-D column z (at in_sheet!in_col) into this sheet from column `col`.
 
@@ -169,6 +190,8 @@ def write_1d_activation(sheet, col, in_tensor_col_first_row, z, name, in_col, in
         sheet.label(FIRST_ROW - 1, col, "exp(z - max z)")
         sheet.label(FIRST_ROW - 1, col + 1, "softmax")
         return write_softmax_column(sheet, col, in_tensor_col_first_row, z, in_col, in_sheet)
+    if name == "log_softmax":
+        return write_log_softmax_column(sheet, col, in_tensor_col_first_row, z, in_col, in_sheet)
     formula, fn = act.ELEMENTWISE[name]
     out = fn(z)
     sheet.label(FIRST_ROW - 1, col, text("stage.out_block", fn=name))
@@ -182,16 +205,30 @@ def block_refs(sheet_name, row0, col0, h, w):
     return [[rng(sheet_name, row0 + i, col0 + j, row0 + i, col0 + j) for j in range(w)] for i in range(h)]
 
 
-def tf_bias_along_width(data_format, out_width, n_bias):
-    """True when Keras 3 (TensorFlow backend) adds a channels_first layer's bias along the width.
+def bias_along_width(layer, data_format, out_width, n_bias):
+    """True when Keras adds this channels_first layer's bias along the width, not the channels.
 
-    keras.src.backend.tensorflow.numpy.add turns `x + bias.reshape(1, C, 1, 1)` into
-    tf.nn.bias_add, and picks data_format NHWC whenever the tensor's last axis has the bias's
-    length. For a channels_first map whose width equals its channel count, bias[j] is therefore
-    added to column j of every channel, not to channel j. That is what the trained model computes
-    in Keras, so the workbook does the same, and says so on the sheet.
+    Keras 3's TensorFlow backend (keras.src.backend.tensorflow.numpy.add) turns
+    `x + bias.reshape(1, C, 1, 1)` into tf.nn.bias_add and picks data_format NHWC whenever the
+    tensor's last axis has the bias's length. For a channels_first map whose width equals its
+    channel count, bias[j] is therefore added to column j of every channel. That is what the
+    trained model computes in Keras, so the workbook does the same, and says so on the sheet.
+    A probe of the running Keras confirms it, so a Keras that fixes this, or a layer loaded with
+    tf_keras (which adds per channel), is not shifted.
     """
-    return data_format == "channels_first" and n_bias > 1 and out_width == n_bias
+    if data_format != "channels_first" or n_bias < 2 or out_width != n_bias:
+        return False
+    return _keras_adds_bias_along_width(type(layer).__module__.split(".")[0], n_bias)
+
+
+@lru_cache(maxsize=None)
+def _keras_adds_bias_along_width(package, channels):
+    if package != "keras":
+        return False
+    import keras
+    bias = np.arange(channels, dtype=np.float32).reshape(1, channels, 1, 1)
+    got = np.asarray(keras.ops.add(np.zeros((1, channels, 1, channels), np.float32), bias))[0, :, 0, :]
+    return not np.array_equal(got, np.repeat(np.arange(channels, dtype=np.float32)[:, None], channels, axis=1))
 
 
 def same_padding(n, k, s, d=1):

@@ -13,7 +13,7 @@ import numpy as np
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
 from .base import (LayerWriter, activation_option, block_refs, handles, ok, one_of, padding_text,
-                   pair, tf_bias_along_width, window_geometry, write_elementwise_block)
+                   pair, bias_along_width, window_geometry, write_elementwise_block)
 
 FORMULA_LIMIT = 8000  # Excel's limit is 8,192 characters; keep a margin for the bias term
 
@@ -120,11 +120,11 @@ class Conv2DWriter(LayerWriter):
         if oh < 1 or ow < 1:
             self.refuse(f"the kernel does not fit the {H}×{W} input")
         pads = (pads_h, pads_w)
-        along_width = bias is not None and tf_bias_along_width(c["data_format"], ow, cout)
+        along_width = bias is not None and bias_along_width(self.layer, c["data_format"], ow, cout)
         z = conv_values(x.chw(), kernel, bias, (sh, sw), (dh, dw), pads, along_width)
         fn = act.activation_name(c["activation"])
-        if fn == "softmax":
-            self.refuse("a fused softmax on a convolution (softmax over channels) is not supported yet; "
+        if fn in act.NOT_ELEMENTWISE:
+            self.refuse(f"a fused {fn} on a convolution ({fn} over channels) is not supported yet; "
                         "use a Dense layer or an Activation after Flatten")
 
         wsheet, kernel_range, bias_cell = write_conv_weights(ctx, self.name, kernel, bias)

@@ -30,8 +30,8 @@ class ActivationWriter(LayerWriter):
             return Tensor(self.name, values, None, [(name, FIRST_ROW, col)])
         if x.rank != 3:
             self.refuse(f"inputs of rank {x.rank} are not supported")
-        if fn == "softmax":
-            self.refuse("softmax over a 3-D feature map is not supported yet; apply it after Flatten or Dense")
+        if fn in act.NOT_ELEMENTWISE:
+            self.refuse(f"{fn} over a 3-D feature map is not supported yet; apply it after Flatten or Dense")
         places, maps = [], []
         h, w = x.hw
         for ch in range(x.channels):

@@ -1,0 +1,262 @@
+"""Layers that move values without arithmetic, and the global poolings that reduce a whole map:
+ZeroPadding2D, Cropping2D, UpSampling2D (nearest), Reshape, GlobalAveragePooling2D,
+GlobalMaxPooling2D.
+
+Every output cell is a formula: a copy of the one input cell it comes from (`='02 conv c0'!B4`),
+or, for ZeroPadding2D's border, the formula `=0`. The border could have been constants, but a stage
+is a range of formulas (verify refuses constants inside a stage, as they usually mean a value was
+pasted over a formula), and `=0` says plainly that Keras's padded value depends on nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from ..layout import FIRST_COL, FIRST_ROW, Tensor, text
+from .base import LayerWriter, handles, ok, one_of, pair
+
+DATA_FORMATS = one_of("channels_last", "channels_first")
+
+
+def _pairs(value):
+    """Keras's ((top, bottom), (left, right)) from an int, a pair, or a pair of pairs."""
+    if isinstance(value, int):
+        return (value, value), (value, value)
+    height, width = value
+    return pair(height), pair(width)
+
+
+def _non_negative_pairs(value, _config):
+    try:
+        pairs = _pairs(value)
+    except (TypeError, ValueError):
+        return f"{value!r} is not an int, a pair, or ((top, bottom), (left, right))"
+    if any(v < 0 for p in pairs for v in p):
+        return f"{value!r} must not be negative"
+    return None
+
+
+def check_layout(writer, x):
+    """The layer's data_format must name the axis x keeps one sheet per channel for."""
+    fmt = writer.config.get("data_format") or "channels_last"
+    channel_axis = 0 if fmt == "channels_first" else 2
+    if x.rank != 3 or x.channel_axis != channel_axis:
+        writer.refuse(f"expects a 3-D {fmt} input, got shape {x.values.shape}")
+    return channel_axis
+
+
+def write_copy_maps(ctx, writer, x_out_chw, source, channel_axis, title_of, explain):
+    """One sheet per output channel; cell (i, j) = source(c, i, j), a reference, or None for 0."""
+    book = ctx.book
+    channels, h, w = x_out_chw.shape
+    places = []
+    for c in range(channels):
+        name = ctx.sheet_name(writer.name, f" c{c}")
+        sheet = book.add_sheet(name, title_of(c), explain, map_width=w)
+        sheet.axis_labels(FIRST_ROW, FIRST_COL, h, w)
+        for i in range(h):
+            for j in range(w):
+                sheet.formula(FIRST_ROW + i, FIRST_COL + j, source(c, i, j) or "0", x_out_chw[c, i, j])
+        sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + h - 1, FIRST_COL + w - 1, values=x_out_chw[c])
+        places.append((name, FIRST_ROW, FIRST_COL))
+    return Tensor(writer.name, np.moveaxis(x_out_chw, 0, channel_axis), channel_axis, places)
+
+
+@handles("ZeroPadding2D")
+class ZeroPadding2DWriter(LayerWriter):
+    options = {"padding": _non_negative_pairs, "data_format": DATA_FORMATS}
+
+    def describe(self):
+        (t, b), (l, r) = _pairs(self.config["padding"])
+        return f"zeros around the map: {t} row(s) above, {b} below, {l} column(s) left, {r} right"
+
+    def write(self, ctx, x):
+        channel_axis = check_layout(self, x)
+        (t, b), (l, r) = _pairs(self.config["padding"])
+        out = np.pad(x.chw(), ((0, 0), (t, b), (l, r)))
+        H, W = x.hw
+
+        def source(c, i, j):
+            if t <= i < t + H and l <= j < l + W:
+                return x.cell(c, i - t, j - l)
+            return None
+
+        return write_copy_maps(ctx, self, out, source, channel_axis,
+                               lambda c: text("reshaping.zero_padding", step=ctx.step, name=self.name, channel=c,
+                                              channels=x.channels, top=t, bottom=b, left=l, right=r),
+                               text("reshaping.zero_padding_explain"))
+
+
+@handles("Cropping2D")
+class Cropping2DWriter(LayerWriter):
+    options = {"cropping": _non_negative_pairs, "data_format": DATA_FORMATS}
+
+    def describe(self):
+        (t, b), (l, r) = _pairs(self.config["cropping"])
+        return f"cuts {t} row(s) above, {b} below, {l} column(s) left, {r} right"
+
+    def write(self, ctx, x):
+        channel_axis = check_layout(self, x)
+        (t, b), (l, r) = _pairs(self.config["cropping"])
+        H, W = x.hw
+        if t + b >= H or l + r >= W:
+            self.refuse(f"cropping {self.config['cropping']} leaves nothing of the {H}×{W} map")
+        out = x.chw()[:, t:H - b, l:W - r]
+        return write_copy_maps(ctx, self, out, lambda c, i, j: x.cell(c, i + t, j + l), channel_axis,
+                               lambda c: text("reshaping.cropping", step=ctx.step, name=self.name, channel=c,
+                                              channels=x.channels, top=t, bottom=b, left=l, right=r),
+                               text("reshaping.cropping_explain"))
+
+
+def _positive_pair(value, _config):
+    try:
+        if any(v < 1 for v in pair(value)):
+            return f"{value!r} must be positive"
+    except (TypeError, ValueError):
+        return f"{value!r} is not an int or a pair of ints"
+    return None
+
+
+@handles("UpSampling2D")
+class UpSampling2DWriter(LayerWriter):
+    # 'bilinear', 'bicubic', 'lanczos3', 'lanczos5' and 'area' resample; only 'nearest' copies cells
+    options = {"size": _positive_pair, "data_format": DATA_FORMATS,
+               "interpolation": lambda v, c: None if str(v).lower() == "nearest" else
+                   f"interpolation={v!r} is not supported (supported: 'nearest')"}
+
+    def describe(self):
+        sh, sw = pair(self.config["size"])
+        return f"nearest: each cell repeated {sh}×{sw}"
+
+    def write(self, ctx, x):
+        channel_axis = check_layout(self, x)
+        sh, sw = pair(self.config["size"])
+        out = np.repeat(np.repeat(x.chw(), sh, axis=1), sw, axis=2)
+        return write_copy_maps(ctx, self, out, lambda c, i, j: x.cell(c, i // sh, j // sw), channel_axis,
+                               lambda c: text("reshaping.upsampling", step=ctx.step, name=self.name, channel=c,
+                                              channels=x.channels, sh=sh, sw=sw),
+                               text("reshaping.upsampling_explain", sh=sh, sw=sw))
+
+
+def _downstream_data_format(layer, depth=16):
+    """The data_format of the nearest later layer that has one: where a reshaped 3-D tensor's
+    channels are, so the next layer finds one sheet per channel on the right axis."""
+    for _ in range(depth):
+        nxt = None
+        for node in getattr(layer, "_outbound_nodes", None) or []:
+            nxt = getattr(node, "operation", None) or getattr(node, "outbound_layer", None)
+            if nxt is not None:
+                break
+        if nxt is None:
+            return None
+        try:
+            fmt = nxt.get_config().get("data_format")
+        except Exception:  # a layer whose config cannot be read says nothing about the layout
+            fmt = None
+        if fmt:
+            return fmt
+        layer = nxt
+    return None
+
+
+def _target_rank(value, _config):
+    try:
+        shape = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        return f"target_shape={value!r} is not a tuple of ints"
+    if len(shape) not in (1, 3):
+        return (f"target_shape={value!r} of rank {len(shape)} is not supported: xlcnn lays out 1-D tensors "
+                "(one column) and 3-D tensors (one sheet per channel)")
+    return None
+
+
+@handles("Reshape")
+class ReshapeWriter(LayerWriter):
+    options = {"target_shape": _target_rank}
+
+    def describe(self):
+        return f"the same values in Keras's C order, shaped {tuple(self.config['target_shape'])}"
+
+    def write(self, ctx, x):
+        target = tuple(int(v) for v in self.config["target_shape"])
+        try:
+            values = x.values.reshape(target)
+        except ValueError:
+            self.refuse(f"cannot reshape {x.values.shape} into {target}")
+        refs = x.ref_array().reshape(target)
+        book = ctx.book
+        shape_text = "(" + ", ".join(map(str, values.shape)) + ")"
+        if values.ndim == 1:
+            name = ctx.sheet_name(self.name)
+            sheet = book.add_sheet(name, text("reshaping.reshape_1d", step=ctx.step, name=self.name, shape=shape_text),
+                                   text("reshaping.reshape_explain", order=""))
+            sheet.label(FIRST_ROW - 1, FIRST_COL, text("reshaping.reshape_header"), book.fmt_header)
+            origin = x.origin_array()
+            if origin is not None:
+                origin = origin.reshape(-1, 3)
+                sheet.label(FIRST_ROW - 1, FIRST_COL + 1, text("reshaping.reshape_from"), book.fmt_header)
+                sheet.ws.set_column(FIRST_COL + 1, FIRST_COL + 1, 22)
+            for i, (r, v) in enumerate(zip(refs, values)):
+                sheet.formula(FIRST_ROW + i, FIRST_COL, r, v)
+                sheet.ws.write_number(FIRST_ROW + i, 0, i, book.fmt_axis)
+                if origin is not None:
+                    sheet.label(FIRST_ROW + i, FIRST_COL + 1, "c{} r{} c{}".format(*origin[i]))
+            return Tensor(self.name, values, None, [(name, FIRST_ROW, FIRST_COL)])
+        fmt = _downstream_data_format(self.layer) or _image_data_format(self.layer)
+        channel_axis = 0 if fmt == "channels_first" else 2
+        chw_refs = np.moveaxis(refs, channel_axis, 0)
+        order = f"{fmt}: channel axis {channel_axis} of {shape_text} is stored one sheet per channel."
+        return write_copy_maps(ctx, self, np.moveaxis(values, channel_axis, 0),
+                               lambda c, i, j: chw_refs[c, i, j], channel_axis,
+                               lambda c: text("reshaping.reshape_3d", step=ctx.step, name=self.name,
+                                              shape=shape_text, channel=c, channels=values.shape[channel_axis]),
+                               text("reshaping.reshape_explain", order=order))
+
+
+def _image_data_format(layer):
+    root = type(layer).__module__.split(".")[0]
+    try:
+        module = importlib.import_module(root)
+        return module.backend.image_data_format()
+    except (ImportError, AttributeError):
+        return "channels_last"
+
+
+@handles("GlobalAveragePooling2D", "GlobalMaxPooling2D")
+class GlobalPooling2DWriter(LayerWriter):
+    options = {"data_format": DATA_FORMATS, "keepdims": ok}
+
+    @property
+    def is_max(self):
+        return self.kind == "GlobalMaxPooling2D"
+
+    def describe(self):
+        what = "max" if self.is_max else "average"
+        keep = " (keepdims)" if self.config.get("keepdims") else ""
+        return f"{what} of each whole map: one value per channel{keep}"
+
+    def write(self, ctx, x):
+        channel_axis = check_layout(self, x)
+        H, W = x.hw
+        fn = "MAX" if self.is_max else "AVERAGE"
+        key = "global_max" if self.is_max else "global_avg"
+        chw = x.chw().reshape(x.channels, -1)
+        out = chw.max(axis=1) if self.is_max else chw.mean(axis=1)
+        book = ctx.book
+        explain = text(f"reshaping.{key}_explain", h=H, w=W)
+        if self.config.get("keepdims"):
+            return write_copy_maps(ctx, self, out[:, None, None],
+                                   lambda c, i, j: f"{fn}({x.window(c, 0, H - 1, 0, W - 1)})", channel_axis,
+                                   lambda c: text(f"reshaping.{key}_channel", step=ctx.step, name=self.name, channel=c,
+                                                  channels=x.channels),
+                                   explain)
+        name = ctx.sheet_name(self.name)
+        sheet = book.add_sheet(name, text(f"reshaping.{key}", step=ctx.step, name=self.name, channels=x.channels),
+                               explain)
+        sheet.label(FIRST_ROW - 1, FIRST_COL, text("reshaping.global_header"), book.fmt_header)
+        for c in range(x.channels):
+            sheet.ws.write_number(FIRST_ROW + c, 0, c, book.fmt_axis)
+            sheet.formula(FIRST_ROW + c, FIRST_COL, f"{fn}({x.window(c, 0, H - 1, 0, W - 1)})", out[c])
+        return Tensor(self.name, out, None, [(name, FIRST_ROW, FIRST_COL)])
