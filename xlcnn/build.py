@@ -148,15 +148,32 @@ def _write_stages(book, loaded, writers, prepared, layout, say):
     first = _write_input(book, names, _step(1, total), loaded, x, layout)
     stages = [Stage(_step(1, total), None, first, first.places[0][0])]
     tensors = {loaded.input_name: first}
+    downstream = _downstream_data_formats(writers)
     for k, (writer, reads) in enumerate(writers, start=2):
         step = _step(k, total)
         say(f"{step} {writer.name} ({writer.kind})")
         inputs = [tensors[name] for name in reads]
-        tensor = writer.write(Context(book, names, step), inputs if writer.multi_input else inputs[0])
+        ctx = Context(book, names, step, downstream.get(writer.name))
+        tensor = writer.write(ctx, inputs if writer.multi_input else inputs[0])
         tensor.layer = writer.name
         tensors[writer.name] = tensor
         stages.append(Stage(step, writer, tensor, tensor.places[0][0], list(reads)))
     return stages
+
+
+def _downstream_data_formats(writers):
+    """For each layer, the data_format of the nearest layer after it (following its first reader)
+    that has one."""
+    first_reader = {}
+    for writer, reads in writers:
+        for name in reads:
+            first_reader.setdefault(name, writer)
+    found = {}
+    for writer, _ in reversed(writers):
+        nxt = first_reader.get(writer.name)
+        if nxt is not None:
+            found[writer.name] = nxt.config.get("data_format") or found.get(nxt.name)
+    return found
 
 
 def _write_input(book, names, step, loaded, x, layout):

@@ -76,6 +76,9 @@ def estimate(loaded, writers):
             est.sheets += 1
             _grow(est, size + HEADER_ROWS, 4, writer.name)
         est.formulas += size * (2 if fused else 1)
+        if writer.kind == "SeparableConv2D":    # depthwise helper sheets and a second weight sheet
+            depthwise = layer.weights[0].shape
+            est.sheets += depthwise[2] * depthwise[3] + 1
         if params:
             est.sheets += 1
             kernel = layer.weights[0].shape

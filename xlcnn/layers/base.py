@@ -56,6 +56,9 @@ class Context:
     book: object
     names: SheetNames
     step: str  # e.g. "03"
+    # the data_format of the nearest later layer that has one: where a reshaped 3-D tensor must
+    # keep its channels so the next layer finds one sheet per channel on the right axis
+    next_data_format: str | None = None
 
     def sheet_name(self, layer_name, suffix=""):
         return self.names.make(f"{self.step} ", layer_name, suffix)

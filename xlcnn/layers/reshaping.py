@@ -140,27 +140,6 @@ class UpSampling2DWriter(LayerWriter):
                                text("reshaping.upsampling_explain", sh=sh, sw=sw))
 
 
-def _downstream_data_format(layer, depth=16):
-    """The data_format of the nearest later layer that has one: where a reshaped 3-D tensor's
-    channels are, so the next layer finds one sheet per channel on the right axis."""
-    for _ in range(depth):
-        nxt = None
-        for node in getattr(layer, "_outbound_nodes", None) or []:
-            nxt = getattr(node, "operation", None) or getattr(node, "outbound_layer", None)
-            if nxt is not None:
-                break
-        if nxt is None:
-            return None
-        try:
-            fmt = nxt.get_config().get("data_format")
-        except Exception:  # a layer whose config cannot be read says nothing about the layout
-            fmt = None
-        if fmt:
-            return fmt
-        layer = nxt
-    return None
-
-
 def _target_rank(value, _config):
     try:
         shape = tuple(int(v) for v in value)
@@ -204,7 +183,7 @@ class ReshapeWriter(LayerWriter):
                 if origin is not None:
                     sheet.label(FIRST_ROW + i, FIRST_COL + 1, "c{} r{} c{}".format(*origin[i]))
             return Tensor(self.name, values, None, [(name, FIRST_ROW, FIRST_COL)])
-        fmt = _downstream_data_format(self.layer) or _image_data_format(self.layer)
+        fmt = ctx.next_data_format or _image_data_format(self.layer)
         channel_axis = 0 if fmt == "channels_first" else 2
         chw_refs = np.moveaxis(refs, channel_axis, 0)
         order = f"{fmt}: channel axis {channel_axis} of {shape_text} is stored one sheet per channel."
