@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# An installed wheel carries templates/ as the package xlcnn.templates; a checkout has it at the top.
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+if not (TEMPLATES / "texts.toml").exists():
+    TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 # Row 0: back link and title; row 1: explanation; row 2: block labels; row 3: column indices.
 FIRST_ROW = 4
