@@ -65,12 +65,17 @@ def test_two_inputs_refused(tmp_path, capsys):
 
 def test_lambda_refused_without_running_its_code(tmp_path, capsys):
     k = keras()
-    marker = tmp_path / "ran"
-    model = k.Sequential([k.Input((4, 4, 1)), k.layers.Lambda(lambda x: x * 2)])
+    marker = tmp_path / "the_lambda_ran"
+
+    def touch_marker(x):
+        marker.touch()
+        return x * 2
+    model = k.Sequential([k.Input((28, 28, 1)), k.layers.Lambda(touch_marker)])
     model.save(str(tmp_path / "lam.keras"))
-    # a config that would write a file if its code ever ran
+    assert marker.exists()      # building the model ran it once, here ...
+    marker.unlink()
     one_line_error(capsys, cli("build", tmp_path / "lam.keras", DIGIT, "-o", tmp_path / "o.xlsx"), "Lambda")
-    assert not marker.exists()
+    assert not marker.exists()  # ... and xlcnn never did
 
 
 def test_lstm_named(tmp_path, capsys):
@@ -169,6 +174,32 @@ def test_build_stopped_half_way_keeps_old_file(tmp_path, sig):
     assert "Traceback" not in err
     assert out.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.keras", "book.xlsx"]
+
+
+def test_progress_on_a_terminal_and_quiet_in_a_pipe(tmp_path):
+    """Stage-by-stage progress appears on a terminal (a pseudo-terminal here), never in a pipe."""
+    import pty
+    out = tmp_path / "p.xlsx"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "xlcnn.cli", "build", str(LENET), str(DIGIT), "-o", str(out)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=secondary)
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=300)
+    os.close(primary)
+    shown = b"".join(chunks).decode("utf-8", "replace")
+    assert proc.returncode == 0, shown
+    for stage in ("reading the model", "02 conv1 (Conv2D)", "09 predictions (Dense)", "saving"):
+        assert stage in shown, shown
 
 
 # -- limits ------------------------------------------------------------------------------------
