@@ -22,8 +22,10 @@ test: setup
 	$(PYTHON) -m pytest -q -p no:cacheprovider
 
 bench: setup
+	$(PIP) install -q -e ".[bench]"
 	$(PYTHON) bench/bench_build.py
-	$(PYTHON) bench/bench_evaluator.py
+	$(PYTHON) bench/bench_evaluator.py --formulas
+	$(PYTHON) bench/bench_verify.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache
