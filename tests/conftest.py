@@ -155,6 +155,11 @@ def check_case(case, which):
     which must also have changed the model's output)."""
     values, _ = stage_values(case[which])
     outs = assert_matches_keras(values, case["model"], case["x2"] if which == "lo2" else case["x"])
+    if which == "book":  # and xlcnn verify, with its own engine and structural checks, agrees
+        from xlcnn.verify import verify
+        report = verify(case["book"])
+        assert report.passed, (report.first_failure, report.constant_cells[:3], report.cached_examples,
+                               report.lint[:3])
     if which == "lo2":
         old, _ = stage_values(case["lo"])
         last = list(outs)[-1]

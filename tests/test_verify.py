@@ -112,6 +112,15 @@ def test_stage_formula_replaced_by_its_own_value_fails(books, tmp_path, capsys):
     assert "'02 conv1 c1'!AE10" in out
 
 
+def test_constant_in_the_block_before_a_fused_activation_fails(books, tmp_path, capsys):
+    """H10 is in conv1's z block (pre-activation), which the manifest does not list: still caught."""
+    bad = edit_cell(books["lenet.keras"], beside(books, tmp_path), "02 conv1 c1", "H10",
+                    lambda c: re.sub(r"<f>.*?</f>", "", c))
+    code, out, rep = report(bad, capsys)
+    assert code == 1
+    assert rep["constant_cells"] == ["'02 conv1 c1'!H10"]
+
+
 def test_stale_cached_value_fails_with_formula_intact(books, tmp_path, capsys):
     bad = edit_cell(books["lenet.keras"], beside(books, tmp_path), "09 predictions", "D8",
                     lambda c: re.sub(r"<v>[^<]+</v>", "<v>0.5</v>", c))

@@ -250,6 +250,22 @@ def _stage_cells(entries, input_layer):
     return cells
 
 
+def _constants_on_stage_sheets(book, entries, input_layer):
+    """Numbers typed into a stage sheet's data rows, outside the manifest's ranges too (say in the
+    z block beside a fused activation): only column A (labels) may hold constants there."""
+    input_sheets = {e.sheet for e in entries if e.layer == input_layer}
+    first_row = {}
+    for e in entries:
+        if e.layer != input_layer and e.sheet not in input_sheets:
+            first_row[e.sheet] = min(first_row.get(e.sheet, e.range[0]), e.range[0])
+    found = []
+    for sheet, r0 in first_row.items():
+        data = book.sheet_array(sheet)[r0:, 1:]
+        for r, c in np.argwhere(~np.isnan(data)):
+            found.append(_cell_name(sheet, r0 + int(r), 1 + int(c)))
+    return found
+
+
 def _finite(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
@@ -327,6 +343,8 @@ def verify(workbook, model=None, image=None, atol=None, rtol=None, engine="numpy
     for sheet, r, c in _stage_cells(entries, input_layer):
         if (sheet, r, c) not in book.formulas:
             report.constant_cells.append(_cell_name(sheet, r, c))
+    report.constant_cells += [c for c in _constants_on_stage_sheets(book, entries, input_layer)
+                              if c not in report.constant_cells]
     if not image:
         bad = check_cached(book, value_of)
         report.cached_mismatches = len(bad)

@@ -92,11 +92,12 @@ class Sheet:
         self.ws.write_url(row, col, f"internal:{target}!{cell}", self.book.fmt_link, label)
 
     def axis_labels(self, row, col, height, width):
-        """Index labels (0-based, as in Keras) above and left of a block starting at (row, col)."""
+        """Index labels (0-based, as in Keras) above and left of a block starting at (row, col).
+        Written as text: they are labels, and a stage sheet's data rows hold no numbers but formulas."""
         for j in range(width):
-            self.ws.write_number(row - 1, col + j, j, self.book.fmt_axis)
+            self.ws.write_string(row - 1, col + j, str(j), self.book.fmt_axis)
         for i in range(height):
-            self.ws.write_number(row + i, col - 1, i, self.book.fmt_axis)
+            self.ws.write_string(row + i, col - 1, str(i), self.book.fmt_axis)
 
     def color_scale(self, r0, c0, r1, c1, kind="map_scale", values=None):
         """Colour a block so a feature map reads like a picture. Zero is white when the block has
