@@ -8,13 +8,14 @@ without a calculation engine show the right numbers, and because it writes sever
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import xlsxwriter
 from xlsxwriter.utility import xl_rowcol_to_cell_fast
 from xlsxwriter.worksheet import CellFormulaTuple, CellNumberTuple, Worksheet
 
-from .layout import FIRST_COL, FIRST_ROW, style, text
+from .layout import FIRST_COL, FIRST_ROW, quote_sheet, style, text
 
 
 class FastWorksheet(Worksheet):
@@ -38,10 +39,13 @@ class Sheet:
         self.book = book
         self.ws = ws
         self.name = name
+        # references to this sheet's own cells read better without the sheet name: MAX(0,B5)
+        self._own = re.compile(r"(?<![\w'])" + re.escape(quote_sheet(name)) + "!")
 
     # -- cells -------------------------------------------------------------------------------
     def formula(self, row, col, formula, value, fmt=None):
         """A formula cell and its cached value (float64, computed by xlcnn)."""
+        formula = self._own.sub("", formula)
         value = float(value)
         if not math.isfinite(value):
             value = "#NUM!"
