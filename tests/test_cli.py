@@ -55,7 +55,7 @@ def _model_file(tmp_path, layers, shape=(6, 6, 1), name="m.keras"):
 
 
 @pytest.mark.parametrize("layers,needle", [
-    (lambda L: [L.Conv2D(4, 3, groups=2, input_shape=None)], "groups=2"),
+    (lambda L: [L.Conv2DTranspose(4, 3, name="up")], "layer 'up' (Conv2DTranspose) is not supported"),
     (lambda L: [L.Conv2D(2, 3), L.UpSampling2D(interpolation="bilinear")], "interpolation='bilinear'"),
     (lambda L: [L.Conv2D(2, 3), L.LayerNormalization(name="ln")], "layer 'ln' (LayerNormalization) is not supported"),
     (lambda L: [L.Conv2D(2, 3), L.Reshape((16, 2))], "target_shape=(16, 2)"),

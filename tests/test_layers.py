@@ -50,6 +50,11 @@ def _cases():
             L.AveragePooling2D(1, data_format="channels_first"),
             L.Flatten(data_format="channels_first"),
             L.Dense(5, activation="softmax")]), ".h5"),
+        # grouped convolutions: output block g reads only input block g
+        "conv_groups": (seq((6, 7, 4), lambda: [L.Conv2D(6, 3, groups=2, padding="same", activation="relu",
+                                                        bias_initializer="random_normal")]), ".keras"),
+        "conv_groups_cf_dilated": (seq((6, 8, 9), lambda: [L.Conv2D(3, 2, groups=3, dilation_rate=2,
+                                                                    data_format="channels_first")]), ".h5"),
         # Keras 3 on TensorFlow adds a channels_first bias along the width when width == channels
         "channels_first_width_equals_channels": (seq((2, 7, 6), lambda: [
             L.Conv2D(3, (3, 4), data_format="channels_first", bias_initializer="random_normal")]), ".keras"),

@@ -30,8 +30,16 @@ def _must_be_none(option):
     return checker
 
 
-def conv_values(x_chw, kernel, bias, strides, dilation, pads, bias_along_width=False):
-    """Keras's Conv2D in float64: zero padding (before, after) per axis, then strided taps."""
+def conv_values(x_chw, kernel, bias, strides, dilation, pads, bias_along_width=False, groups=1):
+    """Keras's Conv2D in float64: zero padding (before, after) per axis, then strided taps.
+    With groups, output channel block g reads only input channel block g."""
+    if groups > 1:
+        cin_g, cout_g = kernel.shape[2], kernel.shape[3] // groups
+        z = np.concatenate([conv_values(x_chw[g * cin_g:(g + 1) * cin_g], kernel[..., g * cout_g:(g + 1) * cout_g],
+                                        None, strides, dilation, pads) for g in range(groups)])
+        if bias is not None:
+            z += bias[None, None, :] if bias_along_width else bias[:, None, None]
+        return z
     (pt, pb), (pl, pr) = pads
     xp = np.pad(x_chw, ((0, 0), (pt, pb), (pl, pr)))
     kh, kw, _, cout = kernel.shape
@@ -49,8 +57,9 @@ def conv_values(x_chw, kernel, bias, strides, dilation, pads, bias_along_width=F
     return z
 
 
-def write_conv_weights(ctx, name, kernel, bias):
+def write_conv_weights(ctx, name, kernel, bias, groups=1):
     """Kernel blocks: block (out o, in i) holds kernel[:, :, i, o]; column B holds bias[o].
+    With groups, column block i of output o is input channel (group of o) x (inputs per group) + i.
     Returns a function giving the absolute range of (o, i, rows a0..a1, cols b0..b1), and the bias cell."""
     kh, kw, cin, cout = kernel.shape
     book = ctx.book
@@ -63,7 +72,12 @@ def write_conv_weights(ctx, name, kernel, bias):
         sheet.label(top - 1, left + i * (kw + 1), text("weights.in_label", i=i), book.fmt_header)
     for o in range(cout):
         r = top + o * (kh + 1)
-        sheet.label(r, 0, text("weights.out_label", o=o), book.fmt_header)
+        if groups > 1:
+            g = o // (cout // groups)
+            sheet.label(r, 0, text("weights.out_label_group", o=o, g=g, c0=g * cin, c1=(g + 1) * cin - 1),
+                        book.fmt_header)
+        else:
+            sheet.label(r, 0, text("weights.out_label", o=o), book.fmt_header)
         if bias is not None:
             sheet.numbers(r, FIRST_COL, [[bias[o]]], book.fmt_weight)
         for i in range(cin):
@@ -83,14 +97,28 @@ def write_conv_weights(ctx, name, kernel, bias):
     return sheet_name, kernel_range, bias_cell
 
 
+def conv_term(x, ci, o, taps_i, taps_j, kernel_range, dh, dw, k=None):
+    """One input channel's share of an output cell: SUMPRODUCT(window of channel ci, kernel block
+    (o, k)), k defaulting to ci; explicit products when the kernel is dilated. None when the
+    window lies wholly in the padding."""
+    k = ci if k is None else k
+    if not taps_i or not taps_j:
+        return None
+    if dh == 1 and dw == 1:
+        (r0, a0), (r1, a1) = taps_i[0], taps_i[-1]
+        (q0, b0), (q1, b1) = taps_j[0], taps_j[-1]
+        return f"SUMPRODUCT({x.window(ci, r0, r1, q0, q1)},{kernel_range(o, k, a0, a1, b0, b1)})"
+    products = [f"{x.cell(ci, r, q)}*{kernel_range(o, k, a, a, b, b)}" for r, a in taps_i for q, b in taps_j]
+    return "(" + "+".join(products) + ")"
+
+
 @handles("Conv2D")
 class Conv2DWriter(LayerWriter):
     options = {
         "filters": ok, "kernel_size": _positive_pair, "strides": _positive_pair,
         "dilation_rate": _positive_pair, "padding": one_of("valid", "same"),
         "data_format": one_of("channels_last", "channels_first"),
-        "groups": lambda v, c: None if v == 1 else
-            f"groups={v} is not supported yet (only groups=1); see the issue on grouped convolutions",
+        "groups": lambda v, c: None if isinstance(v, int) and v >= 1 else f"groups={v!r} must be a positive integer",
         "activation": activation_option, "use_bias": ok,
         "lora_rank": _must_be_none("lora_rank"), "lora_alpha": ok,
         "quantization_config": _must_be_none("quantization_config"),
@@ -112,7 +140,8 @@ class Conv2DWriter(LayerWriter):
         weights = self.weights()
         kernel = weights[0]
         bias = weights[1] if c["use_bias"] else None
-        kh, kw, cin, cout = kernel.shape
+        kh, kw, cin, cout = kernel.shape          # cin: input channels per group
+        groups = int(c.get("groups", 1))
         (sh, sw), (dh, dw) = pair(c["strides"]), pair(c["dilation_rate"])
         H, W = x.hw
         oh, taps_h, pads_h = window_geometry(H, kh, sh, dh, c["padding"])
@@ -121,13 +150,13 @@ class Conv2DWriter(LayerWriter):
             self.refuse(f"the kernel does not fit the {H}×{W} input")
         pads = (pads_h, pads_w)
         along_width = bias is not None and bias_along_width(self.layer, c["data_format"], ow, cout)
-        z = conv_values(x.chw(), kernel, bias, (sh, sw), (dh, dw), pads, along_width)
+        z = conv_values(x.chw(), kernel, bias, (sh, sw), (dh, dw), pads, along_width, groups)
         fn = act.activation_name(c["activation"])
         if fn in act.NOT_ELEMENTWISE:
             self.refuse(f"a fused {fn} on a convolution ({fn} over channels) is not supported yet; "
                         "use a Dense layer or an Activation after Flatten")
 
-        wsheet, kernel_range, bias_cell = write_conv_weights(ctx, self.name, kernel, bias)
+        wsheet, kernel_range, bias_cell = write_conv_weights(ctx, self.name, kernel, bias, groups)
         book = ctx.book
         places, outputs = [], []
         for o in range(cout):
@@ -135,7 +164,10 @@ class Conv2DWriter(LayerWriter):
             title = text("stage.conv", step=ctx.step, name=self.name, channel=o, channels=cout,
                          kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw,
                          padding_text=padding_text(c["padding"], "conv", pads))
+            first_in = (o // (cout // groups)) * cin   # the group's first input channel
             explain = text("stage.conv_explain", channel=o, cin=cin, wsheet=wsheet)
+            if groups > 1:
+                explain += " " + text("stage.conv_groups", groups=groups, c0=first_in, c1=first_in + cin - 1)
             if along_width:
                 explain += " " + text("stage.bias_along_width", channel=o, n=cout)
             sheet = book.add_sheet(name, title, explain, map_width=ow)
@@ -144,12 +176,11 @@ class Conv2DWriter(LayerWriter):
             partial_col = c0 + ow + 1 if fn == "linear" else c0 + 2 * (ow + 1)
             for i in range(oh):
                 for j in range(ow):
-                    terms = []
-                    for ci in range(cin):
-                        terms.append(self._term(x, ci, o, taps_h[i], taps_w[j], kernel_range, dh, dw))
+                    terms = [(first_in + k, k, conv_term(x, first_in + k, o, taps_h[i], taps_w[j], kernel_range,
+                                                         dh, dw, k)) for k in range(cin)]
                     tail = f"+{bias_cell(j if along_width else o)}" if bias is not None else ""
-                    formula = self._sum(sheet, terms, tail, i, j, z[o, i, j], partial_col, oh, ow,
-                                        x, o, taps_h[i], taps_w[j], kernel, cin)
+                    formula = self._sum(sheet, terms, tail, i, j, partial_col, ow, x, o, taps_h[i], taps_w[j],
+                                        kernel)
                     sheet.formula(r0 + i, c0 + j, formula, z[o, i, j])
             sheet.color_scale(r0, c0, r0 + oh - 1, c0 + ow - 1, values=z[o])
             if fn != "linear":
@@ -169,21 +200,10 @@ class Conv2DWriter(LayerWriter):
         values = np.moveaxis(out, 0, channel_axis)
         return Tensor(self.name, values, channel_axis, places)
 
-    @staticmethod
-    def _term(x, ci, o, taps_i, taps_j, kernel_range, dh, dw):
-        if not taps_i or not taps_j:
-            return None
-        if dh == 1 and dw == 1:
-            (r0, a0), (r1, a1) = taps_i[0], taps_i[-1]
-            (q0, b0), (q1, b1) = taps_j[0], taps_j[-1]
-            return f"SUMPRODUCT({x.window(ci, r0, r1, q0, q1)},{kernel_range(o, ci, a0, a1, b0, b1)})"
-        products = [f"{x.cell(ci, r, q)}*{kernel_range(o, ci, a, a, b, b)}"
-                    for r, a in taps_i for q, b in taps_j]
-        return "(" + "+".join(products) + ")"
-
-    def _sum(self, sheet, terms, tail, i, j, value, partial_col, oh, ow, x, o, taps_i, taps_j, kernel, cin):
-        """Join the per-channel terms; past Excel's formula limit, move chunks to partial-sum cells."""
-        live = [t for t in terms if t]
+    def _sum(self, sheet, terms, tail, i, j, partial_col, ow, x, o, taps_i, taps_j, kernel):
+        """Join the per-channel terms [(input channel, kernel index, text)]; past Excel's formula
+        limit, move chunks of channels to partial-sum cells."""
+        live = [t for _, _, t in terms if t]
         formula = "+".join(live) + tail
         if not live:
             return tail[1:] if tail else "0"
@@ -191,13 +211,13 @@ class Conv2DWriter(LayerWriter):
             return formula
         # Split by input channel into chunks that each fit, written in blocks to the right.
         chunks, current, size = [], [], 0
-        for ci, t in enumerate(terms):
+        for ci, k, t in terms:
             if t is None:
                 continue
             if current and size + len(t) + 1 > FORMULA_LIMIT:
                 chunks.append(current)
                 current, size = [], 0
-            current.append((ci, t))
+            current.append((ci, k, t))
             size += len(t) + 1
         chunks.append(current)
         refs = []
@@ -208,10 +228,10 @@ class Conv2DWriter(LayerWriter):
                 c_first, c_last = chunk[0][0], chunk[-1][0]
                 sheet.label(FIRST_ROW - 2, col, text("stage.partial", c0=c_first, c1=c_last), sheet.book.fmt_header)
             part = 0.0
-            for ci, _ in chunk:
+            for ci, k, _ in chunk:
                 for r, a in taps_i:
                     for q, b in taps_j:
-                        part += x_chw[ci, r, q] * kernel[a, b, ci, o]
-            sheet.formula(FIRST_ROW + i, col + j, "+".join(t for _, t in chunk), part, sheet.book.fmt_partial)
+                        part += x_chw[ci, r, q] * kernel[a, b, k, o]
+            sheet.formula(FIRST_ROW + i, col + j, "+".join(t for _, _, t in chunk), part, sheet.book.fmt_partial)
             refs.append(rng(sheet.name, FIRST_ROW + i, col + j, FIRST_ROW + i, col + j))
         return "+".join(refs) + tail

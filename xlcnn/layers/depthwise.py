@@ -19,7 +19,7 @@ from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
 from .base import (LayerWriter, activation_option, block_refs, handles, ok, one_of, padding_text, pair,
                    bias_along_width, window_geometry, write_elementwise_block)
-from .conv import FORMULA_LIMIT, Conv2DWriter, _must_be_none, _positive_pair, conv_values, write_conv_weights
+from .conv import FORMULA_LIMIT, _must_be_none, _positive_pair, conv_term, conv_values, write_conv_weights
 
 
 def _groups_one(value, _config):
@@ -105,7 +105,7 @@ class _DepthwiseBase(LayerWriter):
             sheet.axis_labels(FIRST_ROW, FIRST_COL, oh, ow)
             for i in range(oh):
                 for j in range(ow):
-                    term = Conv2DWriter._term(x, c, o, taps_h[i], taps_w[j], kernel_range, dh, dw)
+                    term = conv_term(x, c, o, taps_h[i], taps_w[j], kernel_range, dh, dw)
                     tail = bias_cell(j if along_width else o) if with_bias and bias is not None else ""
                     formula = "+".join(t for t in (term, tail) if t) or "0"
                     sheet.formula(FIRST_ROW + i, FIRST_COL + j, formula, z[o, i, j])
