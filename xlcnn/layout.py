@@ -153,6 +153,13 @@ class Tensor:
         sheet, r0, c0 = self.places[c]
         return rng(sheet, r0 + i0, c0 + j0, r0 + i1, c0 + j1)
 
+    def cell_at(self, index):
+        """The cell holding the element at a Keras index, e.g. (i, j, c) for channels_last."""
+        if self.channel_axis is None:
+            return self.cell1(index[0])
+        i, j = [v for k, v in enumerate(index) if k != self.channel_axis]
+        return self.cell(index[self.channel_axis], i, j)
+
     def cell1(self, i):
         sheet, r0, c0 = self.places[0]
         return ref(sheet, r0 + i, c0)

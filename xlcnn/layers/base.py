@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..errors import Refusal
-from ..layout import FIRST_ROW, SheetNames, Tensor, rng, text
+from ..layout import FIRST_COL, FIRST_ROW, SheetNames, Tensor, rng, text
 from . import activations as act
 
 HANDLERS: dict[str, type] = {}
@@ -131,6 +131,40 @@ def activation_option(value, _config):
 
 
 # -- shared writers ------------------------------------------------------------------------------
+
+def write_cellwise_stage(ctx, writer, like, values, formula_of, title, explain=""):
+    """A stage whose output has the layout of `like` (an input Tensor) and one formula per cell:
+    one sheet per channel for a 3-D tensor, one column for a 1-D one.
+
+    values: the output in Keras's layout; formula_of(index) gives the formula of the element at a
+    Keras index; title(channel) the sheet's title (channel is None for a 1-D tensor)."""
+    book = ctx.book
+    if like.rank == 1:
+        name = ctx.sheet_name(writer.name)
+        sheet = book.add_sheet(name, title(None), explain)
+        sheet.label(FIRST_ROW - 1, FIRST_COL, writer.name, book.fmt_header)
+        sheet.axis_labels(FIRST_ROW, FIRST_COL, values.shape[0], 0)
+        for i in range(values.shape[0]):
+            sheet.formula(FIRST_ROW + i, FIRST_COL, formula_of((i,)), values[i])
+        return Tensor(writer.name, values, None, [(name, FIRST_ROW, FIRST_COL)])
+    if like.rank != 3:
+        writer.refuse(f"inputs of rank {like.rank} are not supported")
+    h, w = like.hw
+    out = np.moveaxis(values, like.channel_axis, 0)
+    places = []
+    for c in range(like.channels):
+        name = ctx.sheet_name(writer.name, f" c{c}")
+        sheet = book.add_sheet(name, title(c), explain, map_width=w)
+        sheet.axis_labels(FIRST_ROW, FIRST_COL, h, w)
+        for i in range(h):
+            for j in range(w):
+                index = [i, j]
+                index.insert(like.channel_axis, c)
+                sheet.formula(FIRST_ROW + i, FIRST_COL + j, formula_of(tuple(index)), out[c, i, j])
+        sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + h - 1, FIRST_COL + w - 1, values=out[c])
+        places.append((name, FIRST_ROW, FIRST_COL))
+    return Tensor(writer.name, values, like.channel_axis, places)
+
 
 def write_elementwise_block(sheet, row0, col0, in_refs, z, name):
     """Write fn(cell) for a 2-D block whose input references are in_refs (same shape as z)."""

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
-from .base import (LayerWriter, activation_option, block_refs, handles, ok, one_of, write_1d_activation,
-                   write_elementwise_block)
+from .base import LayerWriter, activation_option, handles, ok, one_of, write_1d_activation, write_cellwise_stage
 
 
 @handles("Activation")
@@ -32,19 +29,12 @@ class ActivationWriter(LayerWriter):
             self.refuse(f"inputs of rank {x.rank} are not supported")
         if fn in act.NOT_ELEMENTWISE:
             self.refuse(f"{fn} over a 3-D feature map is not supported yet; apply it after Flatten or Dense")
-        places, maps = [], []
-        h, w = x.hw
-        for ch in range(x.channels):
-            name = ctx.sheet_name(self.name, f" c{ch}")
-            sheet = book.add_sheet(name, text("stage.activation", step=ctx.step, name=self.name, kind=self.kind,
-                                              fn=fn, channel=ch, channels=x.channels), map_width=w)
-            sheet.axis_labels(FIRST_ROW, FIRST_COL, h, w)
-            src, r0, c0 = x.places[ch]
-            maps.append(write_elementwise_block(sheet, FIRST_ROW, FIRST_COL, block_refs(src, r0, c0, h, w),
-                                                x.chw()[ch], fn))
-            sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + h - 1, FIRST_COL + w - 1, values=maps[-1])
-            places.append((name, FIRST_ROW, FIRST_COL))
-        return Tensor(self.name, np.moveaxis(np.stack(maps), 0, x.channel_axis), x.channel_axis, places)
+        formula, fn_values = act.ELEMENTWISE[fn]
+
+        def title(channel):
+            return text("stage.activation", step=ctx.step, name=self.name, kind=self.kind, fn=fn,
+                        channel=channel, channels=x.channels)
+        return write_cellwise_stage(ctx, self, x, fn_values(x.values), lambda index: formula(x.cell_at(index)), title)
 
 
 @handles("Flatten")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, text
-from .base import LayerWriter, handles, ok
+from .base import LayerWriter, handles, ok, write_cellwise_stage
 
 _ELEMENTWISE = {
     # Keras class -> (formula from the input cell references, float64 reduction, words)
@@ -49,32 +49,14 @@ class ElementwiseMergeWriter(LayerWriter):
         formula, reduce, what = _ELEMENTWISE[self.kind]
         first = inputs[0]
         out = reduce(np.stack([t.values for t in inputs]))
-        book = ctx.book
-        if first.rank == 1:
-            name = ctx.sheet_name(self.name)
-            sheet = book.add_sheet(name, text("stage.merge_1d", step=ctx.step, name=self.name, kind=self.kind,
-                                              what=what))
-            for i in range(len(out)):
-                sheet.formula(FIRST_ROW + i, FIRST_COL, formula([t.cell1(i) for t in inputs]), out[i])
-            sheet.axis_labels(FIRST_ROW, FIRST_COL, len(out), 0)
-            return Tensor(self.name, out, None, [(name, FIRST_ROW, FIRST_COL)])
-        if first.rank != 3:
-            self.refuse(f"inputs of rank {first.rank} are not supported")
-        h, w = first.hw
-        out_chw = np.moveaxis(out, first.channel_axis, 0)
-        places = []
-        for ch in range(first.channels):
-            name = ctx.sheet_name(self.name, f" c{ch}")
-            sheet = book.add_sheet(name, text("stage.merge", step=ctx.step, name=self.name, kind=self.kind,
-                                              channel=ch, channels=first.channels, what=what), map_width=w)
-            sheet.axis_labels(FIRST_ROW, FIRST_COL, h, w)
-            for i in range(h):
-                for j in range(w):
-                    sheet.formula(FIRST_ROW + i, FIRST_COL + j, formula([t.cell(ch, i, j) for t in inputs]),
-                                  out_chw[ch, i, j])
-            sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + h - 1, FIRST_COL + w - 1, values=out_chw[ch])
-            places.append((name, FIRST_ROW, FIRST_COL))
-        return Tensor(self.name, out, first.channel_axis, places)
+
+        def title(channel):
+            if channel is None:
+                return text("stage.merge_1d", step=ctx.step, name=self.name, kind=self.kind, what=what)
+            return text("stage.merge", step=ctx.step, name=self.name, kind=self.kind, channel=channel,
+                        channels=first.channels, what=what)
+        return write_cellwise_stage(ctx, self, first, out, lambda index: formula([t.cell_at(index) for t in inputs]),
+                                    title)
 
 
 @handles("Concatenate")

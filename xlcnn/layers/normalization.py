@@ -15,7 +15,7 @@ import importlib
 import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
-from .base import LayerWriter, handles, ok, write_softmax_column
+from .base import LayerWriter, handles, ok, write_cellwise_stage, write_softmax_column
 
 # -- broadcast parameters --------------------------------------------------------------------------
 
@@ -151,37 +151,14 @@ class ParamSheet:
 
 
 def write_elementwise_stage(ctx, writer, x, values, formula_of, what, explain):
-    """The output of an elementwise layer: one sheet per channel (or one column for a 1-D tensor),
-    cell = formula_of(input cell reference, Keras index of the cell)."""
-    book = ctx.book
-    if x.rank == 1:
-        name = ctx.sheet_name(writer.name)
-        sheet = book.add_sheet(name, text("elementwise.column_title", step=ctx.step, name=writer.name,
-                                          kind=writer.kind, what=what), explain)
-        sheet.label(FIRST_ROW - 1, FIRST_COL, writer.name, book.fmt_header)
-        for i in range(values.shape[0]):
-            sheet.ws.write_number(FIRST_ROW + i, 0, i, book.fmt_axis)
-            sheet.formula(FIRST_ROW + i, FIRST_COL, formula_of(x.cell1(i), (i,)), values[i])
-        return Tensor(writer.name, values, None, [(name, FIRST_ROW, FIRST_COL)])
-    if x.rank != 3:
-        writer.refuse(f"inputs of rank {x.rank} are not supported")
-    h, w = x.hw
-    out = np.moveaxis(values, x.channel_axis, 0)
-    places = []
-    for c in range(x.channels):
-        name = ctx.sheet_name(writer.name, f" c{c}")
-        sheet = book.add_sheet(name, text("elementwise.channel_title", step=ctx.step, name=writer.name,
-                                          kind=writer.kind, channel=c, channels=x.channels, what=what),
-                               explain, map_width=w)
-        sheet.axis_labels(FIRST_ROW, FIRST_COL, h, w)
-        for i in range(h):
-            for j in range(w):
-                idx = [i, j]
-                idx.insert(x.channel_axis, c)
-                sheet.formula(FIRST_ROW + i, FIRST_COL + j, formula_of(x.cell(c, i, j), tuple(idx)), out[c, i, j])
-        sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + h - 1, FIRST_COL + w - 1, values=out[c])
-        places.append((name, FIRST_ROW, FIRST_COL))
-    return Tensor(writer.name, values, x.channel_axis, places)
+    """The output of an elementwise layer, cell = formula_of(input cell reference, Keras index)."""
+    def title(channel):
+        if channel is None:
+            return text("elementwise.column_title", step=ctx.step, name=writer.name, kind=writer.kind, what=what)
+        return text("elementwise.channel_title", step=ctx.step, name=writer.name, kind=writer.kind,
+                    channel=channel, channels=x.channels, what=what)
+    return write_cellwise_stage(ctx, writer, x, values, lambda index: formula_of(x.cell_at(index), index),
+                                title, explain)
 
 
 def _keras_module(layer):
