@@ -270,7 +270,7 @@ def _write_overview(book, loaded, stages, prepared, image_path, out):
     row += 1
     ws.write(row, 3, "total", book.fmt_header)
     ws.write_number(row, 4, sum(s.writer.params() for s in stages if s.writer), book.fmt_header)
-    for j, width in enumerate([6, 18, 16, 19, 11, 24, 22, 62]):
+    for j, width in enumerate([6, 18, 16, 19, 11, 24, 30, 62]):
         ws.set_column(j, j, width)
     row += 2
     ws.write(row, 0, text("overview.preprocessing"), book.fmt_title)
