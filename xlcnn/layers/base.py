@@ -132,6 +132,26 @@ def activation_option(value, _config):
 
 # -- shared writers ------------------------------------------------------------------------------
 
+def write_weight_matrix(ctx, layer_name, suffix, matrix, bias, title, column_label):
+    """A weight sheet laid out like Keras's kernel (rows = inputs, columns = outputs): the row under
+    the headers holds the bias, then row i the weights from input i. Returns the sheet name; the
+    weight from input i to output j is at row FIRST_ROW + 1 + i, column FIRST_COL + j."""
+    n_in, n_out = matrix.shape
+    book = ctx.book
+    name = ctx.sheet_name(layer_name, suffix)
+    sheet = book.add_sheet(name, title)
+    for j in range(n_out):
+        sheet.label(FIRST_ROW - 1, FIRST_COL + j, column_label(j), book.fmt_header)
+    sheet.label(FIRST_ROW, 0, text("weights.bias_label"), book.fmt_header)
+    if bias is not None:
+        sheet.numbers(FIRST_ROW, FIRST_COL, bias[None, :], book.fmt_weight)
+    for i in range(n_in):
+        sheet.ws.write_number(FIRST_ROW + 1 + i, 0, i, book.fmt_axis)
+    sheet.numbers(FIRST_ROW + 1, FIRST_COL, matrix, book.fmt_weight)
+    sheet.color_scale(FIRST_ROW + 1, FIRST_COL, FIRST_ROW + n_in, FIRST_COL + n_out - 1, "weight_scale")
+    return name
+
+
 def write_cellwise_stage(ctx, writer, like, values, formula_of, title, explain=""):
     """A stage whose output has the layout of `like` (an input Tensor) and one formula per cell:
     one sheet per channel for a 3-D tensor, one column for a 1-D one.

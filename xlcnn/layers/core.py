@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
-from .base import LayerWriter, activation_option, handles, ok, one_of, write_1d_activation, write_cellwise_stage
+from .base import (LayerWriter, activation_option, handles, ok, one_of, write_1d_activation, write_cellwise_stage,
+                   write_weight_matrix)
 
 
 @handles("Activation")
@@ -99,18 +100,9 @@ class DenseWriter(LayerWriter):
         bias = weights[1] if self.config["use_bias"] else None
         n_in, units = kernel.shape
         book = ctx.book
-        # weights: one row for the bias, then one row per input; one column per unit
-        wname = ctx.sheet_name(self.name, " w")
-        wsheet = book.add_sheet(wname, text("weights.dense_title", name=self.name, n_in=n_in, units=units))
-        for j in range(units):
-            wsheet.ws.write(FIRST_ROW - 1, FIRST_COL + j, f"unit {j}", book.fmt_header)
-        wsheet.label(FIRST_ROW, 0, text("weights.bias_label"), book.fmt_header)
-        if bias is not None:
-            wsheet.numbers(FIRST_ROW, FIRST_COL, bias[None, :], book.fmt_weight)
-        for i in range(n_in):
-            wsheet.ws.write_number(FIRST_ROW + 1 + i, 0, i, book.fmt_axis)
-        wsheet.numbers(FIRST_ROW + 1, FIRST_COL, kernel, book.fmt_weight)
-        wsheet.color_scale(FIRST_ROW + 1, FIRST_COL, FIRST_ROW + n_in, FIRST_COL + units - 1, "weight_scale")
+        wname = write_weight_matrix(ctx, self.name, " w", kernel, bias,
+                                    text("weights.dense_title", name=self.name, n_in=n_in, units=units),
+                                    lambda j: f"unit {j}")
 
         z = x.values @ kernel + (bias if bias is not None else 0.0)
         fn = act.activation_name(self.config["activation"])

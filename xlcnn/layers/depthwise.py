@@ -17,8 +17,8 @@ import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
-from .base import (LayerWriter, activation_option, block_refs, handles, ok, one_of, padding_text, pair,
-                   bias_along_width, window_geometry, write_elementwise_block)
+from .base import (LayerWriter, activation_option, bias_along_width, block_refs, handles, ok, one_of,
+                   padding_text, pair, window_geometry, write_elementwise_block, write_weight_matrix)
 from .conv import FORMULA_LIMIT, _must_be_none, _positive_pair, conv_term, conv_values, write_conv_weights
 
 
@@ -228,18 +228,9 @@ class SeparableConv2DWriter(_DepthwiseBase):
     def write_pointwise_weights(self, ctx, pw, bias):
         """Like Dense's weights: row 'bias', then row m = the weights from depthwise map m; column f."""
         mid, filters = pw.shape
-        book = ctx.book
-        name = ctx.sheet_name(self.name, " pw")
-        sheet = book.add_sheet(name, text("depthwise.pw_title", name=self.name, mid=mid, filters=filters))
-        for f in range(filters):
-            sheet.label(FIRST_ROW - 1, FIRST_COL + f, text("depthwise.pw_unit", f=f), book.fmt_header)
-        sheet.label(FIRST_ROW, 0, text("weights.bias_label"), book.fmt_header)
-        if bias is not None:
-            sheet.numbers(FIRST_ROW, FIRST_COL, bias[None, :], book.fmt_weight)
-        for m in range(mid):
-            sheet.ws.write_number(FIRST_ROW + 1 + m, 0, m, book.fmt_axis)
-        sheet.numbers(FIRST_ROW + 1, FIRST_COL, pw, book.fmt_weight)
-        sheet.color_scale(FIRST_ROW + 1, FIRST_COL, FIRST_ROW + mid, FIRST_COL + filters - 1, "weight_scale")
+        name = write_weight_matrix(ctx, self.name, " pw", pw, bias,
+                                   text("depthwise.pw_title", name=self.name, mid=mid, filters=filters),
+                                   lambda f: text("depthwise.pw_unit", f=f))
 
         def weight(m, f):
             return rng(name, FIRST_ROW + 1 + m, FIRST_COL + f, FIRST_ROW + 1 + m, FIRST_COL + f, absolute=True)
