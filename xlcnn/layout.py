@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -124,8 +124,6 @@ class Tensor:
     values: np.ndarray
     channel_axis: int | None
     places: list
-    producer_sheet: str = ""
-    notes: dict = field(default_factory=dict)
 
     @property
     def rank(self):

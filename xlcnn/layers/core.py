@@ -136,4 +136,4 @@ class PassThroughWriter(LayerWriter):
         return text("passthrough.identity")
 
     def write(self, ctx, x):
-        return Tensor(self.name, x.values, x.channel_axis, x.places, notes={"passthrough": True})
+        return Tensor(self.name, x.values, x.channel_axis, x.places)

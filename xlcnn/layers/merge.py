@@ -80,7 +80,7 @@ class ConcatenateWriter(LayerWriter):
         if rank == 3 and axis == first.channel_axis:
             # nothing to compute: the joined channels are the inputs' own channel sheets
             places = [p for t in inputs for p in t.places]
-            return Tensor(self.name, out, first.channel_axis, places, notes={"passthrough": True})
+            return Tensor(self.name, out, first.channel_axis, places)
         refs = np.concatenate([t.ref_array() for t in inputs], axis=axis)
         book = ctx.book
         if rank == 1:
