@@ -44,8 +44,9 @@ def _parser():
     v.add_argument("--images", metavar="DIR", help="also run every image in DIR through the workbook")
     v.add_argument("--model", help="the model file (default: the one recorded in the workbook)")
     v.add_argument("--image", help="compare for this input instead of the workbook's input cells")
-    v.add_argument("--atol", type=float, default=None, help="absolute tolerance (default: see docs)")
-    v.add_argument("--rtol", type=float, default=None, help="tolerance relative to each stage's scale")
+    v.add_argument("--atol", type=float, default=None, help="absolute tolerance (default 1e-6)")
+    v.add_argument("--rtol", type=float, default=None,
+                   help="tolerance relative to each stage's scale, its largest |value| (default 1e-4)")
     v.add_argument("--engine", choices=["numpy", "libreoffice"], default="numpy",
                    help="who evaluates the formulas: xlcnn's NumPy engine or LibreOffice headless")
     v.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
