@@ -72,6 +72,11 @@ def _cases():
                                                 L.Dense(5, activation="swish"), L.Activation("softmax")]),
                         ".h5"),
     }
+    # softmax over the last axis of a 3-D map: across channel sheets, or along a channels_first row
+    cases["softmax_maps"] = (seq((5, 6, 2), lambda: [L.Conv2D(3, 3, padding="same"), L.Activation("softmax"),
+                                                     L.Flatten(), L.Dense(2)]), ".keras")
+    cases["softmax_maps_channels_first"] = (seq((2, 5, 6), lambda: [
+        L.Conv2D(3, 2, data_format="channels_first"), L.Activation("softmax"), L.Flatten()]), ".keras")
     cases["log_softmax"] = (seq((3, 4, 2), lambda: [
         L.Flatten(), L.Dense(5, activation="log_softmax", bias_initializer="random_normal"),
         L.Dense(4), L.Activation("log_softmax")]), ".keras")

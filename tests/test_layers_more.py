@@ -144,6 +144,7 @@ def _cases():
             L.Conv2D(3, 2, data_format=cf), L.PReLU(shared_axes=[2, 3])]), ".h5"),
         "elu_layers": (seq((4, 5, 2), lambda: [L.ELU(), L.Conv2D(2, 2), L.ELU(alpha=0.5)]), ".keras"),
         "softmax_layer": (seq((3, 4, 2), lambda: [L.Flatten(), L.Dense(5), L.Softmax()]), ".keras"),
+        "softmax_layer_maps": (seq((3, 4, 2), lambda: [L.Conv2D(3, 2, padding="same"), L.Softmax(axis=-1)]), ".keras"),
         # -- mish, elementwise and fused
         "mish": (seq((4, 5, 2), lambda: [
             L.Conv2D(3, 2, padding="same", activation="mish"), L.Activation("mish"), L.Flatten(),
@@ -283,8 +284,7 @@ def test_log_softmax_column_through_libreoffice(edge_books):
     ((6, 6, 2), lambda L: [L.UpSampling2D(interpolation="bilinear")], "interpolation='bilinear'"),
     ((6, 6, 2), lambda L: [L.Normalization(mean=[0.0, 1.0], variance=[1.0, 2.0], invert=True)], "invert=True"),
     ((6, 6, 2), lambda L: [L.Reshape((12, 6))], "target_shape=(12, 6)"),
-    ((6, 6, 2), lambda L: [L.Softmax()], "softmax over a 3-D tensor"),
-    ((6, 6, 2), lambda L: [L.Softmax(axis=1)], "softmax over a 3-D tensor"),
+    ((6, 6, 2), lambda L: [L.Softmax(axis=1)], "is not its last axis"),
     ((6, 6, 2), lambda L: [L.Flatten(), L.Softmax(axis=0)], "axis=0"),
     ((6, 6, 2), lambda L: [L.DepthwiseConv2D(3, activation="softmax")], "fused softmax"),
     ((6, 6, 2), lambda L: [L.SeparableConv2D(2, 3, dtype="float16")], "dtype policy 'float16'"),

@@ -197,6 +197,52 @@ def write_elementwise_block(sheet, row0, col0, in_refs, z, name):
     return out
 
 
+def write_softmax_maps(ctx, writer, x):
+    """Keras's softmax over the last axis of a 3-D tensor, one sheet per channel, each with two
+    blocks: e = EXP(x - MAX(its group)), then softmax = e / SUM(the group's e). For channels_last
+    the group is one pixel across every channel sheet; for channels_first it is one row of a map."""
+    book = ctx.book
+    x_vals = x.values
+    shifted = x_vals - np.max(x_vals, axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    out = e / np.sum(e, axis=-1, keepdims=True)
+    across_sheets = x.channel_axis == 2
+    if across_sheets and x.channels > 200:
+        writer.refuse(f"softmax over {x.channels} channel sheets would pass Excel's 255-argument limit")
+    h, w = x.hw
+    names = [ctx.sheet_name(writer.name, f" c{c}") for c in range(x.channels)]
+    e_col, out_col = FIRST_COL, FIRST_COL + w + 1
+    e_chw, out_chw = np.moveaxis(e, x.channel_axis, 0), np.moveaxis(out, x.channel_axis, 0)
+
+    def e_cell(c, i, j, absolute=False):
+        return rng(names[c], FIRST_ROW + i, e_col + j, FIRST_ROW + i, e_col + j, absolute=absolute)
+
+    places = []
+    for c, name in enumerate(names):
+        sheet = book.add_sheet(name, text("stage.softmax_maps", step=ctx.step, name=writer.name, kind=writer.kind,
+                                          channel=c, channels=x.channels),
+                               text("stage.softmax_across" if across_sheets else "stage.softmax_rows"),
+                               map_width=2 * w + 1)
+        sheet.label(FIRST_ROW - 2, e_col, "exp(x - max)", book.fmt_header)
+        sheet.label(FIRST_ROW - 2, out_col, "softmax", book.fmt_header)
+        sheet.axis_labels(FIRST_ROW, e_col, h, w)
+        sheet.axis_labels(FIRST_ROW, out_col, h, w)
+        for i in range(h):
+            for j in range(w):
+                if across_sheets:
+                    group = ",".join(x.cell(k, i, j) for k in range(x.channels))
+                    e_group = ",".join(e_cell(k, i, j) for k in range(x.channels))
+                else:
+                    src, r0, c0 = x.places[c]
+                    group = rng(src, r0 + i, c0, r0 + i, c0 + w - 1, abs_col=True)
+                    e_group = rng(name, FIRST_ROW + i, e_col, FIRST_ROW + i, e_col + w - 1, abs_col=True)
+                sheet.formula(FIRST_ROW + i, e_col + j, f"EXP({x.cell(c, i, j)}-MAX({group}))", e_chw[c, i, j])
+                sheet.formula(FIRST_ROW + i, out_col + j, f"{e_cell(c, i, j)}/SUM({e_group})", out_chw[c, i, j])
+        sheet.color_scale(FIRST_ROW, out_col, FIRST_ROW + h - 1, out_col + w - 1, values=out_chw[c])
+        places.append((name, FIRST_ROW, out_col))
+    return Tensor(writer.name, out, x.channel_axis, places)
+
+
 def write_softmax_column(sheet, col, in_first_row, z, in_col=None, in_sheet=None):
     """Two columns: exp(z - max z), then softmax = e / sum(e). Returns (values, output column).
 

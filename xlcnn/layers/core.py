@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
 from .base import (LayerWriter, activation_option, handles, ok, one_of, write_1d_activation, write_cellwise_stage,
-                   write_weight_matrix)
+                   write_softmax_maps, write_weight_matrix)
 
 
 @handles("Activation")
@@ -28,6 +28,8 @@ class ActivationWriter(LayerWriter):
             return Tensor(self.name, values, None, [(name, FIRST_ROW, col)])
         if x.rank != 3:
             self.refuse(f"inputs of rank {x.rank} are not supported")
+        if fn == "softmax":
+            return write_softmax_maps(ctx, self, x)
         if fn in act.NOT_ELEMENTWISE:
             self.refuse(f"{fn} over a 3-D feature map is not supported yet; apply it after Flatten or Dense")
         formula, fn_values = act.ELEMENTWISE[fn]

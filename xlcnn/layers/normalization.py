@@ -15,7 +15,7 @@ import importlib
 import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
-from .base import LayerWriter, handles, ok, write_cellwise_stage, write_softmax_column
+from .base import LayerWriter, handles, ok, write_cellwise_stage, write_softmax_column, write_softmax_maps
 
 # -- broadcast parameters --------------------------------------------------------------------------
 
@@ -493,10 +493,10 @@ class ELUWriter(LayerWriter):
 
 def _softmax_axis(value, _config):
     axis = _single_axis(value)
-    if axis in (-1, 1):
+    if axis in (-1, 1, 3):   # the last axis of a 1-D or 3-D tensor; write() checks which it is
         return None
-    return (f"axis={value!r} is not supported: xlcnn writes a Softmax layer over a 1-D tensor "
-            "(axis=-1), e.g. after Flatten or Dense")
+    return (f"axis={value!r} is not supported: xlcnn writes a Softmax layer over the last axis "
+            "(axis=-1)")
 
 
 @handles("Softmax")
@@ -507,9 +507,14 @@ class SoftmaxWriter(LayerWriter):
         return "softmax: e^(z − max z) / Σ e^(z − max z)"
 
     def write(self, ctx, x):
+        axis = _single_axis(self.config["axis"])
+        if axis not in (-1, x.rank):
+            self.refuse(f"axis={self.config['axis']!r} on a {x.rank}-D tensor is not its last axis; xlcnn writes "
+                        "softmax over the last axis only")
+        if x.rank == 3:
+            return write_softmax_maps(ctx, self, x)
         if x.rank != 1:
-            self.refuse(f"softmax over a {x.rank}-D tensor of shape {x.values.shape} is not supported yet; "
-                        "apply it after Flatten or Dense (axis=-1 on a 1-D tensor)")
+            self.refuse(f"softmax over a {x.rank}-D tensor of shape {x.values.shape} is not supported")
         name = ctx.sheet_name(self.name)
         sheet = ctx.book.add_sheet(name, text("elementwise.column_title", step=ctx.step, name=self.name,
                                               kind=self.kind, what=text("elementwise.softmax_what",
