@@ -197,6 +197,25 @@ def write_elementwise_block(sheet, row0, col0, in_refs, z, name):
     return out
 
 
+def write_activation_blocks(ctx, fn, places, z, block_label):
+    """A fused activation: beside each z map (places[o] holds z[o]), the block fn(z), labelled.
+    Returns the output places and values; with 'linear' the z maps are the output."""
+    if fn == "linear":
+        return places, z
+    out_places = []
+    for o, (name, r0, c0) in enumerate(places):
+        sheet = ctx.book.sheets[name]
+        oh, ow = z[o].shape
+        a0 = c0 + ow + 1
+        sheet.label(r0 - 2, c0, block_label, ctx.book.fmt_header)
+        sheet.label(r0 - 2, a0, text("stage.out_block", fn=fn), ctx.book.fmt_header)
+        sheet.axis_labels(r0, a0, oh, ow)
+        a = write_elementwise_block(sheet, r0, a0, block_refs(name, r0, c0, oh, ow), z[o], fn)
+        sheet.color_scale(r0, a0, r0 + oh - 1, a0 + ow - 1, values=a)
+        out_places.append((name, r0, a0))
+    return out_places, act.ELEMENTWISE[fn][1](z)
+
+
 def write_softmax_maps(ctx, writer, x):
     """Keras's softmax over the last axis of a 3-D tensor, one sheet per channel, each with two
     blocks: e = EXP(x - MAX(its group)), then softmax = e / SUM(the group's e). For channels_last

@@ -12,8 +12,8 @@ import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
-from .base import (LayerWriter, activation_option, block_refs, handles, ok, one_of, padding_text,
-                   pair, bias_along_width, window_geometry, write_elementwise_block)
+from .base import (LayerWriter, activation_option, bias_along_width, handles, ok, one_of, padding_text, pair,
+                   window_geometry, write_activation_blocks)
 
 FORMULA_LIMIT = 8000  # Excel's limit is 8,192 characters; keep a margin for the bias term
 
@@ -158,7 +158,7 @@ class Conv2DWriter(LayerWriter):
 
         wsheet, kernel_range, bias_cell = write_conv_weights(ctx, self.name, kernel, bias, groups)
         book = ctx.book
-        places, outputs = [], []
+        places = []
         for o in range(cout):
             name = ctx.sheet_name(self.name, f" c{o}")
             title = text("stage.conv", step=ctx.step, name=self.name, channel=o, channels=cout,
@@ -183,20 +183,8 @@ class Conv2DWriter(LayerWriter):
                                         kernel)
                     sheet.formula(r0 + i, c0 + j, formula, z[o, i, j])
             sheet.color_scale(r0, c0, r0 + oh - 1, c0 + ow - 1, values=z[o])
-            if fn != "linear":
-                a0 = c0 + ow + 1
-                sheet.label(r0 - 2, c0, text("stage.z_block"), book.fmt_header)
-                sheet.label(r0 - 2, a0, text("stage.out_block", fn=fn), book.fmt_header)
-                sheet.axis_labels(r0, a0, oh, ow)
-                a = write_elementwise_block(sheet, r0, a0, block_refs(name, r0, c0, oh, ow), z[o], fn)
-                sheet.color_scale(r0, a0, r0 + oh - 1, a0 + ow - 1, values=a)
-                places.append((name, r0, a0))
-            else:
-                places.append((name, r0, c0))
-            outputs.append(z[o])
-        out = np.stack(outputs)
-        if fn != "linear":
-            out = act.ELEMENTWISE[fn][1](out)
+            places.append((name, r0, c0))
+        places, out = write_activation_blocks(ctx, fn, places, z, text("stage.z_block"))
         values = np.moveaxis(out, 0, channel_axis)
         return Tensor(self.name, values, channel_axis, places)
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
-from .base import (LayerWriter, activation_option, bias_along_width, block_refs, handles, ok, one_of,
-                   padding_text, pair, window_geometry, write_elementwise_block, write_weight_matrix)
+from .base import (LayerWriter, activation_option, bias_along_width, handles, ok, one_of, padding_text, pair,
+                   window_geometry, write_activation_blocks, write_weight_matrix)
 from .conv import FORMULA_LIMIT, _must_be_none, _positive_pair, conv_term, conv_values, write_conv_weights
 
 
@@ -113,24 +113,6 @@ class _DepthwiseBase(LayerWriter):
             places.append((name, FIRST_ROW, FIRST_COL))
         return z, places, wsheet
 
-    @staticmethod
-    def add_activation(ctx, fn, places, z, block_label):
-        """Beside each z map, fn(z) (as Conv2D does); returns the output places and values."""
-        if fn == "linear":
-            return places, z
-        out_places = []
-        for o, (name, r0, c0) in enumerate(places):
-            sheet = ctx.book.sheets[name]
-            oh, ow = z[o].shape
-            a0 = c0 + ow + 1
-            sheet.label(r0 - 2, c0, block_label, ctx.book.fmt_header)
-            sheet.label(r0 - 2, a0, text("stage.out_block", fn=fn), ctx.book.fmt_header)
-            sheet.axis_labels(r0, a0, oh, ow)
-            a = write_elementwise_block(sheet, r0, a0, block_refs(name, r0, c0, oh, ow), z[o], fn)
-            sheet.color_scale(r0, a0, r0 + oh - 1, a0 + ow - 1, values=a)
-            out_places.append((name, r0, a0))
-        return out_places, act.ELEMENTWISE[fn][1](z)
-
     def describe(self):
         c = self.config
         kh, kw = pair(c["kernel_size"])
@@ -164,7 +146,7 @@ class DepthwiseConv2DWriter(_DepthwiseBase):
 
         z, places, _ = self.write_depthwise_maps(ctx, x, kernel, bias, geo, True, title_of, explain_of, "",
                                                  along_width)
-        places, out = self.add_activation(ctx, fn, places, z, text("stage.z_block"))
+        places, out = write_activation_blocks(ctx, fn, places, z, text("stage.z_block"))
         return Tensor(self.name, np.moveaxis(out, 0, channel_axis), channel_axis, places)
 
 
@@ -222,7 +204,7 @@ class SeparableConv2DWriter(_DepthwiseBase):
                     sheet.formula(FIRST_ROW + i, FIRST_COL + j, formula, z[f, i, j])
             sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + oh - 1, FIRST_COL + ow - 1, values=z[f])
             places.append((name, FIRST_ROW, FIRST_COL))
-        places, out = self.add_activation(ctx, fn, places, z, text("stage.z_block"))
+        places, out = write_activation_blocks(ctx, fn, places, z, text("stage.z_block"))
         return Tensor(self.name, np.moveaxis(out, 0, channel_axis), channel_axis, places)
 
     def write_pointwise_weights(self, ctx, pw, bias):
