@@ -305,22 +305,27 @@ def test_unsupported_options_are_refused_by_name(tmp_path, shape, layers, needle
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_keras_channels_first_bias_quirk_is_detected():
-    """The probe behind the *_width_equals_* cases agrees with what the layer really does: this Keras
-    adds a channels_first bias along the width when the output has as many columns as channels."""
-    from xlcnn.layers.base import bias_along_width
-    k = keras()
-    layer = k.layers.DepthwiseConv2D((1, 5), data_format="channels_first")
+def _bias_shift(layer):
+    """What a channels_first layer's bias (+1 on channel 0, -1 on channel 1) adds to its first row."""
     x = np.random.default_rng(0).normal(size=(1, 2, 6, 6)).astype(np.float32)
     layer.build(x.shape)
     kernel, _ = layer.get_weights()
     layer.set_weights([kernel, np.float32([1.0, -1.0])])
     with_bias = np.asarray(layer(x))[0]
     layer.set_weights([kernel, np.float32([0.0, 0.0])])
-    shift = with_bias - np.asarray(layer(x))[0]
+    return (with_bias - np.asarray(layer(x))[0])[:, 0, :]
+
+
+def test_keras_channels_first_bias_quirk_is_detected():
+    """The probe behind the *_width_equals_* cases agrees with what the layer really does: this Keras
+    adds a channels_first bias along the width when the output has as many columns as channels."""
+    from xlcnn.layers.base import bias_along_width
+    k = keras()
+    layer = k.layers.DepthwiseConv2D((1, 5), data_format="channels_first")
+    shift = _bias_shift(layer)
     quirk = bias_along_width(layer, "channels_first", 2, 2)
     expected = np.float32([[1.0, -1.0], [1.0, -1.0]]) if quirk else np.float32([[1.0, 1.0], [-1.0, -1.0]])
-    np.testing.assert_allclose(shift[:, 0, :], expected, atol=1e-5)
+    np.testing.assert_allclose(shift, expected, atol=1e-5)
 
 
 def test_tf_keras_layers_add_their_bias_per_channel_and_are_not_shifted():
@@ -328,14 +333,7 @@ def test_tf_keras_layers_add_their_bias_per_channel_and_are_not_shifted():
     from xlcnn.model import quiet_keras
     tfk = quiet_keras("tf_keras")
     layer = tfk.layers.Conv2D(2, (1, 5), data_format="channels_first")
-    x = np.random.default_rng(0).normal(size=(1, 2, 6, 6)).astype(np.float32)
-    layer.build(x.shape)
-    kernel, _ = layer.get_weights()
-    layer.set_weights([kernel, np.float32([1.0, -1.0])])
-    with_bias = np.asarray(layer(x))[0]
-    layer.set_weights([kernel, np.float32([0.0, 0.0])])
-    shift = with_bias - np.asarray(layer(x))[0]
-    np.testing.assert_allclose(shift[:, 0, :], [[1.0, 1.0], [-1.0, -1.0]], atol=1e-5)
+    np.testing.assert_allclose(_bias_shift(layer), [[1.0, 1.0], [-1.0, -1.0]], atol=1e-5)
     assert not bias_along_width(layer, "channels_first", 2, 2)
 
 

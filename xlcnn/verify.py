@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import manifest as mf
+from .formula import cell_name
 from .errors import XlcnnError
 
 DEFAULT_RTOL = 1e-4
@@ -158,26 +159,18 @@ def _resolve_model(path, about, model_arg):
 
 # -- comparing ----------------------------------------------------------------------------------
 
-def _cell_name(sheet, row, col):
-    letters, c = "", col + 1
-    while c:
-        c, rem = divmod(c - 1, 26)
-        letters = chr(65 + rem) + letters
-    return f"'{sheet}'!{letters}{row + 1}"
-
-
 def _locate(entries, layer, index):
     """The sheet cell holding element `index` (Keras layout) of a layer's tensor."""
     rows = [e for e in entries if e.layer == layer]
     e0 = rows[0]
     if e0.channel is None:
         r0, c0, _, _ = e0.range
-        return _cell_name(e0.sheet, r0 + index[0], c0)
+        return cell_name(e0.sheet, r0 + index[0], c0)
     axis = e0.channel_axis if e0.channel_axis is not None else len(index) - 1
     channel = index[axis]
     i, j = [v for k, v in enumerate(index) if k != axis]
     e = next(e for e in rows if e.channel == channel)
-    return _cell_name(e.sheet, e.range[0] + i, e.range[1] + j)
+    return cell_name(e.sheet, e.range[0] + i, e.range[1] + j)
 
 
 def compare_stage(entries, layer, got, want, atol, rtol):
@@ -206,7 +199,7 @@ def lint(book):
             problems.append(f"sheet name {name!r} is not valid in Excel (1-31 characters, none of \\ / ? * [ ] :)")
     seen_functions = set()
     for (sheet, row, col), text in book.formulas.items():
-        where = _cell_name(sheet, row, col)
+        where = cell_name(sheet, row, col)
         if len(text) + 1 > EXCEL_MAX_FORMULA:
             problems.append(f"{where}: formula of {len(text) + 1} characters (Excel's limit is 8,192)")
         if text.count("(") > EXCEL_MAX_NESTING or text.count(",") >= EXCEL_MAX_ARGS:
@@ -262,7 +255,7 @@ def _constants_on_stage_sheets(book, entries, input_layer):
     for sheet, r0 in first_row.items():
         data = book.sheet_array(sheet)[r0:, 1:]
         for r, c in np.argwhere(~np.isnan(data)):
-            found.append(_cell_name(sheet, r0 + int(r), 1 + int(c)))
+            found.append(cell_name(sheet, r0 + int(r), 1 + int(c)))
     return found
 
 
@@ -318,8 +311,7 @@ def verify(workbook, model=None, image=None, atol=None, rtol=None, engine="numpy
 
     # input: the workbook's own input cells, or an image prepared the way the workbook records
     overrides = None
-    constants = lambda s, r0, c0, r1, c1: _constant_block(book, s, r0, c0, r1, c1)
-    x = mf.assemble(entries, input_layer, constants)
+    x = mf.assemble(entries, input_layer, lambda *cells: _constant_block(book, *cells))
     if image:
         x = _prepare_like(image, loaded, about)
         overrides = _input_overrides(entries, input_layer, x[None])
@@ -342,13 +334,13 @@ def verify(workbook, model=None, image=None, atol=None, rtol=None, engine="numpy
     # the stages must be formulas, and their cached values current
     for sheet, r, c in _stage_cells(entries, input_layer):
         if (sheet, r, c) not in book.formulas:
-            report.constant_cells.append(_cell_name(sheet, r, c))
+            report.constant_cells.append(cell_name(sheet, r, c))
     report.constant_cells += [c for c in _constants_on_stage_sheets(book, entries, input_layer)
                               if c not in report.constant_cells]
     if not image:
         bad = check_cached(book, value_of)
         report.cached_mismatches = len(bad)
-        report.cached_examples = [f"{_cell_name(*k)}: cached {c!r}, formulas give {g:.9g}" for k, g, c in bad[:5]]
+        report.cached_examples = [f"{cell_name(*k)}: cached {c!r}, formulas give {g:.9g}" for k, g, c in bad[:5]]
     report.lint = lint(book)
 
     say("running Keras")
@@ -374,11 +366,10 @@ def verify(workbook, model=None, image=None, atol=None, rtol=None, engine="numpy
 
 
 def _constant_block(book, sheet, r0, c0, r1, c1):
-    out = np.zeros((r1 - r0 + 1, c1 - c0 + 1))
-    for i in range(r1 - r0 + 1):
-        for j in range(c1 - c0 + 1):
-            v = book.value(sheet, r0 + i, c0 + j)
-            out[i, j] = float(v) if _finite(v) else np.nan
+    """Numeric constants of a rectangle (NaN where there is none), from the sheet's own array."""
+    out = np.full((r1 - r0 + 1, c1 - c0 + 1), np.nan)
+    arr = book.sheet_array(sheet)[r0:r1 + 1, c0:c1 + 1]
+    out[:arr.shape[0], :arr.shape[1]] = arr
     return out
 
 
