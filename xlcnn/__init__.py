@@ -11,4 +11,13 @@ Rooms of the house:
   cli.py          the command line
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# TensorFlow runs channels_first (NCHW) convolutions and pooling on the CPU only through oneDNN, and
+# turns oneDNN on by default only on CPUs with AVX-512 VNNI or AMX. Elsewhere (AMD EPYC with AVX2,
+# older Intel) a channels_first Conv2D fails with "only supports the NHWC tensor format". Importing
+# xlcnn asks for oneDNN before TensorFlow is imported, so every model runs on every machine; a user
+# who set TF_ENABLE_ONEDNN_OPTS keeps their setting, and model.py names it if a layer then cannot run.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
