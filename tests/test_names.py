@@ -1,17 +1,19 @@
 """Layer names that are hostile to sheet names still give valid, unique sheets and formulas that
-LibreOffice parses: quotes, brackets, colons, names past 31 characters, names equal ignoring case,
-and Japanese text."""
+LibreOffice and Gnumeric parse: quotes, brackets, colons, names past 31 characters, names equal
+ignoring case, and Japanese text. An apostrophe becomes the typographic ’ in sheet names (Gnumeric
+and the `formulas` package cannot parse 'it''s'!A1), while the manifest keeps the Keras name."""
 
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
 
-from conftest import assert_matches_keras, build_cases, keras, needs_libreoffice, stage_values
+from conftest import assert_matches_keras, build_cases, keras, needs_libreoffice, stage_values, write_input_cells
 
 NAMES = ["conv'quote", "a[1]:b?*", "日本語の畳み込み層という非常に長い名前の層です", "x" * 40, "X" * 40,
-         "Pool 1", "pool 1"]
+         "Pool 1", "pool 1", "it's", "IT’S"]
 
 
 def _cases():
@@ -28,6 +30,8 @@ def _cases():
             L.Conv2D(2, 1, name=NAMES[4]),
             L.MaxPooling2D(2, padding="same", name=NAMES[5]),
             L.AveragePooling2D(1, name=NAMES[6]),
+            L.Conv2D(2, 1, name=NAMES[7]),
+            L.Conv2D(2, 1, name=NAMES[8]),
             L.Flatten(name="フラット"), L.Dense(3, activation="softmax", name="出力"),
         ])
     return {"hostile": (hostile, ".keras")}
@@ -46,6 +50,23 @@ def test_sheet_names_are_valid_and_unique(built):
         assert 1 <= len(n) <= 31 and not re.search(r"[\\/?*\[\]:]", n), n
         assert not n.startswith("'") and not n.endswith("'"), n
     assert any("日本語" in n for n in names)
+    assert not [n for n in names if "'" in n], "an apostrophe in a sheet name breaks Gnumeric and formulas"
+    assert "02 conv’quote c0" in names and "09 it’s c0" in names
+    assert "10 IT’S c0" in names
+
+
+def test_manifest_keeps_the_keras_layer_names(built):
+    _, entries = stage_values(built["hostile"]["book"])
+    layers = {e.layer for e in entries}
+    assert set(NAMES) <= layers, set(NAMES) - layers
+    sheets = {e.sheet for e in entries if e.layer == "it's"}
+    assert sheets == {"09 it’s c0", "09 it’s c1"}
+
+
+def test_workbook_verifies(built):
+    from xlcnn.verify import verify
+    report = verify(built["hostile"]["book"])
+    assert report.passed, (report.first_failure, report.lint[:3])
 
 
 def test_cached_values_equal_keras(built):
@@ -58,3 +79,15 @@ def test_libreoffice_parses_and_recalculates_every_formula(built):
     case = built["hostile"]
     assert_matches_keras(stage_values(case["lo"])[0], case["model"], case["x"])
     assert_matches_keras(stage_values(case["lo2"])[0], case["model"], case["x2"])
+
+
+@pytest.mark.skipif(shutil.which("ssconvert") is None, reason="Gnumeric (ssconvert) is not installed")
+def test_gnumeric_parses_and_recalculates_every_formula(built, tmp_path):
+    from xlcnn.gnumeric import recalculate
+    from xlcnn.model import load
+    case = built["hostile"]
+    _, entries = stage_values(case["book"])
+    edited = write_input_cells(case["book"], tmp_path / "hostile_edited.xlsx", entries,
+                               load(case["model"]).input_name, case["x2"])
+    (out,) = recalculate(edited, tmp_path / "gnumeric")
+    assert_matches_keras(stage_values(out)[0], case["model"], case["x2"])

@@ -25,7 +25,11 @@ FIRST_ROW = 4
 FIRST_COL = 1
 
 MAX_SHEET_NAME = 31
-_BAD_SHEET_CHARS = re.compile(r"[\\/?*\[\]:]")
+# Excel forbids these in sheet names; control characters have no place in a name either.
+_BAD_SHEET_CHARS = re.compile(r"[\\/?*\[\]:\x00-\x1f\x7f]")
+# Excel allows an apostrophe inside a name (quoted as '' in references), but Gnumeric and the
+# `formulas` package cannot parse such a reference ('it''s'!A1): it becomes the typographic one.
+APOSTROPHE, APOSTROPHE_SHEET = "'", "\u2019"
 
 
 @lru_cache(maxsize=None)
@@ -91,14 +95,15 @@ def range_text(r0, c0, r1, c1):
 
 
 class SheetNames:
-    """Hands out valid, unique (ignoring case) sheet names of at most 31 characters."""
+    """Hands out valid, unique (ignoring case) sheet names of at most 31 characters, without the
+    apostrophe (`it's` becomes `it’s`) so that every engine parses references to them."""
 
     def __init__(self):
         self.used = set()
 
     def make(self, prefix, name, suffix=""):
         """prefix and suffix are kept whole (e.g. '03 ' and ' c12'); the layer name is cut to fit."""
-        clean = _BAD_SHEET_CHARS.sub("_", name).strip()
+        clean = _BAD_SHEET_CHARS.sub("_", name).replace(APOSTROPHE, APOSTROPHE_SHEET).strip()
         room = MAX_SHEET_NAME - len(prefix) - len(suffix)
         base = (prefix + clean[:max(room, 0)] + suffix).strip().strip("'") or "sheet"
         candidate, n = base, 2
