@@ -6,6 +6,7 @@ import html
 import json
 import re
 import shutil
+import xml.etree.ElementTree as ET
 import zipfile
 
 import pytest
@@ -64,9 +65,77 @@ def beside(books, tmp_path):
 
 
 def report(path, capsys, *extra):
-    code = cli("verify", path, "--json", path.with_suffix(".json"), *extra)
+    """Verify with --json and --junit; the JUnit file must say what the JSON says (checked for every run)."""
+    code = cli("verify", path, "--json", path.with_suffix(".json"), "--junit", path.with_suffix(".junit.xml"), *extra)
     out = capsys.readouterr().out
-    return code, out, json.loads(path.with_suffix(".json").read_text())
+    rep = json.loads(path.with_suffix(".json").read_text())
+    assert_junit_matches(rep, junit(path.with_suffix(".junit.xml")))
+    assert code == (0 if rep["passed"] else 1)
+    return code, out, rep
+
+
+def junit(path):
+    """(suite attributes, [(name, classname, failure attributes or None, failure text, skipped)])."""
+    root = ET.parse(path).getroot()
+    assert root.tag == "testsuites"
+    suites = root.findall("testsuite")
+    assert len(suites) == 1 and suites[0].get("name") == "xlcnn verify"
+    cases = []
+    for case in suites[0].findall("testcase"):
+        failure = case.find("failure")
+        cases.append((case.get("name"), case.get("classname"), None if failure is None else failure.attrib,
+                      None if failure is None else failure.text, case.find("skipped") is not None))
+    return suites[0].attrib, cases
+
+
+def assert_junit_matches(rep, parsed):
+    from xlcnn import verify as v
+    suite, cases = parsed
+    stages = rep["stages"]
+    checks = [v.CHECK_CACHED, v.CHECK_CONSTANTS, v.CHECK_LINT]
+    checks += [v.CHECK_TOP1] if rep["predicted_keras"] is not None else []
+    checks += [v.CHECK_IMAGES] if rep["images"] else []
+    assert len(cases) == len(stages) + len(checks) == int(suite["tests"])
+    assert [(c[0], c[1]) for c in cases[:len(stages)]] == [(s["layer"], s["klass"] or "xlcnn.images") for s in stages]
+    assert [c[0] for c in cases[len(stages):]] == checks
+    assert all(c[1] == "xlcnn.workbook" for c in cases[len(stages):])
+    failed = {c[0] for c in cases if c[2] is not None}
+    assert int(suite["failures"]) == len(failed) and suite["errors"] == "0"
+    assert (len(failed) == 0) == rep["passed"]
+    assert abs(float(suite["time"]) - rep["evaluate_seconds"]) < 1e-3
+    for s, (_, _, failure, _, _) in zip(stages, cases):
+        assert (failure is None) == s["passed"], s["layer"]
+        if failure is not None and s["worst_cell"]:
+            assert failure["type"] == "StageMismatch"
+            for needle in (s["worst_cell"], f"workbook {s['workbook_value']:.9g}", f"Keras {s['keras_value']:.9g}",
+                           f"error {s['max_abs_error']:.3g} > allowed"):
+                assert needle in failure["message"], (needle, failure["message"])
+    by_name = {c[0]: c for c in cases[len(stages):]}
+    assert (v.CHECK_CACHED in failed) == (rep["cached_mismatches"] > 0)
+    assert by_name[v.CHECK_CACHED][4] == (not rep["cached_checked"])
+    assert (v.CHECK_CONSTANTS in failed) == bool(rep["constant_cells"])
+    if rep["constant_cells"]:
+        assert rep["constant_cells"][0] in by_name[v.CHECK_CONSTANTS][2]["message"]
+        assert by_name[v.CHECK_CONSTANTS][3].splitlines() == rep["constant_cells"][:200]
+    assert (v.CHECK_LINT in failed) == bool(rep["lint"])
+    if v.CHECK_TOP1 in by_name:
+        assert (v.CHECK_TOP1 in failed) == (rep["predicted_workbook"] != rep["predicted_keras"])
+    if v.CHECK_IMAGES in by_name:
+        assert (v.CHECK_IMAGES in failed) == (rep["top1_agreement"] is not None and rep["top1_agreement"] < 1)
+
+
+def annotations(out):
+    """GitHub workflow commands printed on stdout: [(level, title, message)], unescaped."""
+    found = []
+    for line in out.splitlines():
+        m = re.fullmatch(r"::(error|warning) title=([^:]*)::(.*)", line)
+        if m:
+            title = m.group(2).replace("%3A", ":").replace("%2C", ",")
+            unescape = (lambda t: t.replace("%0D", "\r").replace("%0A", "\n").replace("%25", "%"))
+            found.append((m.group(1), unescape(title), unescape(m.group(3))))
+        else:
+            assert not line.startswith("::"), line
+    return found
 
 
 @pytest.mark.parametrize("model", ["lenet.keras", "padding_cf.h5"])
@@ -161,6 +230,170 @@ def test_libreoffice_engine(books, capsys):
     assert rep["engine"] == "libreoffice" and rep["passed"]
 
 
+# -- CI: JUnit XML and GitHub Actions annotations -------------------------------------------------
+
+LENET_STAGES = [("input_layer", "InputLayer"), ("conv1", "Conv2D"), ("pool1", "MaxPooling2D"), ("conv2", "Conv2D"),
+                ("pool2", "MaxPooling2D"), ("flatten", "Flatten"), ("fc1", "Dense"), ("dropout", "Dropout"),
+                ("predictions", "Dense")]
+
+
+def test_junit_of_an_honest_workbook(books, capsys, monkeypatch):
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    code, out, rep = report(books["lenet.keras"], capsys)
+    assert code == 0
+    suite, cases = junit(books["lenet.keras"].with_suffix(".junit.xml"))
+    assert [(c[0], c[1]) for c in cases] == LENET_STAGES + [
+        ("cached values agree with the formulas", "xlcnn.workbook"),
+        ("formulas where formulas belong", "xlcnn.workbook"),
+        ("Excel limits and portable functions", "xlcnn.workbook"),
+        ("top-1 prediction agrees with Keras", "xlcnn.workbook")]
+    assert suite["tests"] == "13" and suite["failures"] == "0" and suite["skipped"] == "0"
+    assert all(c[2] is None and not c[4] for c in cases)
+    assert annotations(out) == [] and "::" not in out          # nothing to annotate on a pass
+
+
+def prediction_halved(books, tmp_path):
+    """softmax of class 7 (the predicted one, ~1.0) halved: only the last stage is wrong, and its cached value."""
+    return edit_cell(books["lenet.keras"], beside(books, tmp_path), "09 predictions", "D12",
+                     lambda c: c.replace("<f>C12/SUM(", "<f>0.5*C12/SUM("))
+
+
+def test_junit_fails_exactly_the_broken_stage_naming_its_worst_cell(books, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    bad = prediction_halved(books, tmp_path)
+    code, out, rep = report(bad, capsys)
+    assert code == 1 and "::" not in out                     # no annotations outside GitHub Actions
+    suite, cases = junit(bad.with_suffix(".junit.xml"))
+    failed = {c[0]: c for c in cases if c[2] is not None}
+    assert sorted(failed) == ["cached values agree with the formulas", "predictions"]
+    assert suite["failures"] == "2" and suite["tests"] == "13"
+    _, classname, failure, text, _ = failed["predictions"]
+    assert classname == "Dense" and failure["type"] == "StageMismatch"
+    assert failure["message"].startswith("'09 predictions'!D12: workbook 0.4999")
+    assert re.search(r"Keras 0\.9999\d*; error 0\.5 > allowed 0\.000101 \(atol 1e-06 \+ rtol 0\.0001 x scale 1\)$",
+                     failure["message"]), failure["message"]
+    assert "layer predictions (Dense), shape (10,)" in text
+    stale = failed["cached values agree with the formulas"]
+    assert stale[2]["type"] == "StaleCachedValue" and stale[2]["message"].startswith("3 formula cells")
+    assert "'09 predictions'!D12: cached 0.99999" in stale[3]
+
+
+def test_github_annotations_for_a_broken_workbook(books, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    bad = prediction_halved(books, tmp_path)
+    code, out, rep = report(bad, capsys, "--quiet")   # annotations are errors: --quiet keeps them
+    assert code == 1
+    lines = [line for line in out.splitlines() if line]
+    assert all(line.startswith("::error title=xlcnn verify%3A ") for line in lines), out
+    found = annotations(out)
+    assert [(level, title) for level, title, _ in found] == [
+        ("error", "xlcnn verify: first failing stage predictions (Dense)"),
+        ("error", "xlcnn verify: cached values agree with the formulas")]
+    assert found[0][2].startswith(f"{bad.name}: stage predictions differs from Keras; '09 predictions'!D12: workbook ")
+    assert found[1][2].startswith(f"{bad.name}: 3 formula cells show a stale cached value")
+
+
+@pytest.mark.parametrize("tamper, kind, needle", [
+    (("02 conv1 c1", "AE10", lambda c: re.sub(r"<f>.*?</f>", "", c)), "ConstantWhereFormulaBelongs",
+     "'02 conv1 c1'!AE10"),
+    (("09 predictions", "D8", lambda c: re.sub(r"<v>[^<]+</v>", "<v>0.5</v>", c)), "StaleCachedValue",
+     "'09 predictions'!D8"),
+])
+def test_whole_workbook_checks_fail_as_testcases_and_annotations(books, tmp_path, capsys, monkeypatch,
+                                                                  tamper, kind, needle):
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    bad = edit_cell(books["lenet.keras"], beside(books, tmp_path), *tamper)
+    code, out, rep = report(bad, capsys)
+    assert code == 1 and all(s["passed"] for s in rep["stages"])
+    _, cases = junit(bad.with_suffix(".junit.xml"))
+    failed = [c for c in cases if c[2] is not None]
+    assert len(failed) == 1 and failed[0][1] == "xlcnn.workbook" and failed[0][2]["type"] == kind
+    assert needle in failed[0][2]["message"]
+    found = annotations(out)
+    assert len(found) == 1 and found[0][1] == f"xlcnn verify: {failed[0][0]}" and needle in found[0][2]
+
+
+def test_junit_with_images_and_with_another_image(books, capsys):
+    from xlcnn.verify import CHECK_CACHED, CHECK_IMAGES
+    book = books["lenet.keras"]
+    code, _, rep = report(book, capsys, "--images", SAMPLES / "digits")
+    assert code == 0 and rep["images"] == 9
+    _, cases = junit(book.with_suffix(".junit.xml"))
+    assert cases[-1][:3] == (CHECK_IMAGES, "xlcnn.workbook", None)
+    code, _, rep = report(book, capsys, "--image", SAMPLES / "digits" / "digit_3.png")
+    assert code == 0
+    _, cases = junit(book.with_suffix(".junit.xml"))
+    cached = next(c for c in cases if c[0] == CHECK_CACHED)
+    assert cached[4] is True and cached[2] is None            # skipped, not passed: the cache holds the 7
+
+
+HOSTILE = ['conv "q" \'<&>\' 日本語', "フラット", "出力 & <out>, 50%:x\u3000"]
+
+
+@pytest.fixture(scope="module")
+def hostile_book(tmp_path_factory):
+    import numpy as np
+    from conftest import keras
+    from xlcnn.build import build
+    base = tmp_path_factory.mktemp("hostile")
+    k = keras()
+    k.utils.set_random_seed(3)
+    L = k.layers
+    model = k.Sequential([k.Input((6, 6, 1)), L.Conv2D(2, 3, name=HOSTILE[0]), L.Flatten(name=HOSTILE[1]),
+                          L.Dense(3, activation="softmax", name=HOSTILE[2])])
+    model.save(str(base / "hostile.keras"))
+    np.save(base / "x.npy", np.random.default_rng(3).random((6, 6, 1)).astype("float32"))
+    build(base / "hostile.keras", base / "x.npy", base / "hostile.xlsx")
+    return base / "hostile.xlsx"
+
+
+def test_hostile_layer_names_survive_junit_and_annotations(hostile_book, capsys, monkeypatch):
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    code, out, rep = report(hostile_book, capsys)
+    assert code == 0 and annotations(out) == []
+    _, cases = junit(hostile_book.with_suffix(".junit.xml"))
+    assert [(c[0], c[1]) for c in cases[:4]] == [("input_layer", "InputLayer"), (HOSTILE[0], "Conv2D"),
+                                                 (HOSTILE[1], "Flatten"), (HOSTILE[2], "Dense")]
+    # zero tolerance: every computed stage fails on float32 rounding, so each hostile name is in a failure
+    code, out, rep = report(hostile_book, capsys, "--rtol", "0", "--atol", "0")
+    assert code == 1
+    _, cases = junit(hostile_book.with_suffix(".junit.xml"))
+    assert [c[0] for c in cases if c[2] is not None] == [n for n in HOSTILE
+                                                          if not next(s for s in rep["stages"] if s["layer"] == n)["passed"]]
+    assert HOSTILE[2] in [c[0] for c in cases if c[2] is not None]
+    raw = [line for line in out.splitlines() if line.startswith("::error")]
+    dense = next(line for line in raw if "(Dense)" in line)
+    assert "out>%2C 50%25%3Ax" in dense.split("::")[1]           # title: , : % escaped
+    assert f"stage {HOSTILE[2]} differs" in next(a for a in annotations(out) if "(Dense)" in a[1])[2]
+
+
+def test_junit_and_annotations_escape_what_xml_and_github_cannot_hold():
+    """Control characters, newlines and lone surrogates in a name: still one XML document, one line each."""
+    from xlcnn.verify import Report, StageResult, _gh_data, _gh_property, github_annotations, junit_xml
+    assert _gh_data("50% a\r\nb: c, d") == "50%25 a%0D%0Ab: c, d"
+    assert _gh_property("50% a\r\nb: c, d") == "50%25 a%0D%0Ab%3A c%2C d"
+    name = "bad\x00name\nnext <&> \ud800 ok"
+    r = Report("w.xlsx", "m.keras", "numpy", passed=False, cached_checked=True,
+               stages=[StageResult("input", "InputLayer", (2,), 0.0, 0.0, 0.0, 1.0, True),
+                       StageResult(name, "Dense", (2,), 0.5, 0.5, 0.5, 1.0, False, "'s\x01'!B5", 0.5, 1.0)],
+               lint=["x!A1: function FOO is not in xlcnn's portable set"], notes=["model differs (sha256)"])
+    root = ET.fromstring(junit_xml(r))
+    cases = root.find("testsuite").findall("testcase")
+    assert [c.get("name") for c in cases] == ["input", "bad\\x00name\nnext <&> \\ud800 ok",
+                                              "cached values agree with the formulas",
+                                              "formulas where formulas belong", "Excel limits and portable functions"]
+    assert root.get("failures") == "2" and root.find("testsuite").get("failures") == "2"
+    assert cases[1].find("failure").get("message").startswith("'s\\x01'!B5: workbook 0.5, Keras 1;")
+    assert cases[4].find("failure").get("type") == "ExcelLimit"
+    lines = github_annotations(r)
+    assert len(lines) == 3 and all("\n" not in line and "\r" not in line for line in lines)
+    assert lines[0].startswith("::error title=xlcnn verify%3A first failing stage bad\x00name%0Anext <&>")
+    assert lines[1] == ("::error title=xlcnn verify%3A Excel limits and portable functions::w.xlsx: 1 problem(s), "
+                        "first: x!A1: function FOO is not in xlcnn's portable set")
+    assert lines[2] == "::warning title=xlcnn verify%3A note::w.xlsx: model differs (sha256)"
+    assert github_annotations(Report("w.xlsx", "m", "numpy", cached_checked=True)) == []
+
+
 # -- bad input to verify --------------------------------------------------------------------------
 
 def one_line(capsys, code, needle):
@@ -218,3 +451,25 @@ def test_verify_zip_bomb_refused_by_declared_sizes(tmp_path, capsys):
         z.writestr("xl/worksheets/sheet1.xml", b"\0" * (300 * 1024 * 1024))
     err = one_line(capsys, cli("verify", bomb), "bomb.xlsx")
     assert "size" in err or "ratio" in err or "bomb" in err.lower()
+
+
+def test_verify_junit_bad_paths_refused_before_any_work(books, tmp_path, capsys):
+    book = books["padding_cf.h5"]
+    one_line(capsys, cli("verify", book, "--junit", tmp_path), "is a folder")
+    one_line(capsys, cli("verify", book, "--junit", tmp_path / "no" / "r.xml"), "does not exist")
+    one_line(capsys, cli("verify", book, "--junit", ""), "needs a file name")
+    one_line(capsys, cli("verify", book, "--junit", book), "is the workbook itself")
+    one_line(capsys, cli("verify", book, "--junit", tmp_path / "r.x", "--json", tmp_path / "r.x"), "same file")
+    one_line(capsys, cli("verify", book, "--json", tmp_path), "is a folder")
+    assert list(tmp_path.iterdir()) == []
+    assert zipfile.is_zipfile(book)                           # the workbook was not touched
+
+
+def test_verify_junit_replaces_an_old_file_atomically(books, tmp_path, capsys):
+    out = tmp_path / "junit.xml"
+    out.write_text("old, not XML")
+    assert cli("verify", books["padding_cf.h5"], "--junit", out, "--quiet") == 0
+    assert capsys.readouterr().out == ""
+    assert ET.parse(out).getroot().find("testsuite").get("failures") == "0"
+    assert out.read_bytes().startswith(b'<?xml version="1.0" encoding="UTF-8"?>')
+    assert [p.name for p in tmp_path.iterdir()] == ["junit.xml"]  # no temporary file left behind

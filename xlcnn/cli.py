@@ -41,6 +41,8 @@ def _parser():
     v = sub.add_parser("verify", help="re-evaluate every formula and compare every stage with Keras")
     v.add_argument("workbook", help="an .xlsx written by xlcnn build")
     v.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    v.add_argument("--junit", metavar="FILE",
+                   help="also write JUnit XML for CI: one testcase per stage and per workbook check")
     v.add_argument("--images", metavar="DIR", help="also run every image in DIR through the workbook")
     v.add_argument("--model", help="the model file (default: the one recorded in the workbook)")
     v.add_argument("--image", help="compare for this input instead of the workbook's input cells")

@@ -16,6 +16,7 @@ wrong formula, weight or padding shows errors of the order of the scale itself.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -68,6 +69,7 @@ class Report:
     formulas: int = 0
     stages: list = field(default_factory=list)
     first_failure: str | None = None
+    cached_checked: bool = False
     cached_mismatches: int = 0
     cached_examples: list = field(default_factory=list)
     constant_cells: list = field(default_factory=list)
@@ -338,6 +340,7 @@ def verify(workbook, model=None, image=None, atol=None, rtol=None, engine="numpy
     report.constant_cells += [c for c in _constants_on_stage_sheets(book, entries, input_layer)
                               if c not in report.constant_cells]
     if not image:
+        report.cached_checked = True
         bad = check_cached(book, value_of)
         report.cached_mismatches = len(bad)
         report.cached_examples = [f"{cell_name(*k)}: cached {c!r}, formulas give {g:.9g}" for k, g, c in bad[:5]]
@@ -494,14 +497,206 @@ def format_report(r):
     return "\n".join(lines)
 
 
+# -- CI: JUnit XML and GitHub Actions annotations ------------------------------------------------
+
+CHECK_CLASS = "xlcnn.workbook"
+CHECK_CACHED = "cached values agree with the formulas"
+CHECK_CONSTANTS = "formulas where formulas belong"
+CHECK_LINT = "Excel limits and portable functions"
+CHECK_TOP1 = "top-1 prediction agrees with Keras"
+CHECK_IMAGES = "top-1 agreement over --images"
+
+
+@dataclass
+class Check:
+    """One whole-workbook check, as CI shows it: passed, failed (message, detail) or skipped."""
+    name: str
+    passed: bool = True
+    message: str = ""
+    detail: str = ""
+    kind: str = ""
+    skipped: str = ""
+
+
+def stage_failure(s, atol, rtol):
+    """Why a stage fails, in one line: its worst cell, both values and the error against the allowance."""
+    if s.passed:
+        return ""
+    if not s.worst_cell:
+        return s.message or f"max abs error {s.max_abs_error:.3g}"
+    allowed = atol + rtol * s.scale
+    return (f"{s.worst_cell}: workbook {s.workbook_value:.9g}, Keras {s.keras_value:.9g}; "
+            f"error {s.max_abs_error:.3g} > allowed {allowed:.3g} (atol {atol:g} + rtol {rtol:g} x scale {s.scale:.3g})")
+
+
+def workbook_checks(r):
+    """The checks besides the stage comparisons that decide r.passed, in the order the report shows them."""
+    checks = []
+    cached = Check(CHECK_CACHED, kind="StaleCachedValue")
+    if not r.cached_checked:
+        cached.skipped = "not checked: --image gives the input cells other values than the ones cached"
+    elif r.cached_mismatches:
+        cached.passed = False
+        cached.message = (f"{r.cached_mismatches:,} formula cells show a stale cached value, first "
+                          f"{r.cached_examples[0] if r.cached_examples else '?'}")
+        cached.detail = "\n".join(r.cached_examples)
+    checks.append(cached)
+    constants = Check(CHECK_CONSTANTS, kind="ConstantWhereFormulaBelongs")
+    if r.constant_cells:
+        constants.passed = False
+        constants.message = (f"{len(r.constant_cells):,} stage cells hold a constant where a formula belongs, "
+                             f"first {r.constant_cells[0]}")
+        constants.detail = "\n".join(r.constant_cells[:200])
+    checks.append(constants)
+    limits = Check(CHECK_LINT, kind="ExcelLimit")
+    if r.lint:
+        limits.passed = False
+        limits.message = f"{len(r.lint):,} problem(s), first: {r.lint[0]}"
+        limits.detail = "\n".join(r.lint[:200])
+    checks.append(limits)
+    if r.predicted_keras is not None or r.predicted_workbook is not None:
+        top1 = Check(CHECK_TOP1, kind="Top1Disagreement")
+        if r.predicted_workbook != r.predicted_keras:
+            top1.passed = False
+            top1.message = f"the workbook predicts class {r.predicted_workbook}, Keras class {r.predicted_keras}"
+        checks.append(top1)
+    if r.images:
+        batch = Check(CHECK_IMAGES, kind="Top1Disagreement")
+        if r.top1_agreement is not None and r.top1_agreement < 1.0:
+            batch.passed = False
+            batch.message = (f"top-1 agreement {r.top1_agreement:.1%} over {r.images} images "
+                             f"(worst error/scale {r.batch_worst_error:.2e})")
+        checks.append(batch)
+    return checks
+
+
+_XML_INVALID = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_safe(value):
+    """Text XML 1.0 can hold: characters it forbids (control characters, lone surrogates) spelled out."""
+    return _XML_INVALID.sub(lambda m: ascii(m.group())[1:-1], str(value))
+
+
+def junit_xml(r):
+    """The report as JUnit XML (bytes): one testcase per compared stage (name = the Keras layer,
+    classname = its Keras class) and one per whole-workbook check; a failure names the worst cell."""
+    import xml.etree.ElementTree as ET
+    cases = []
+    for s in r.stages:
+        failure = None
+        if not s.passed:
+            detail = (f"layer {s.layer} ({s.klass or 'batch of images'}), shape {tuple(s.shape)}\n"
+                      f"max abs error {s.max_abs_error:.6g}, max rel error {s.max_rel_error:.6g}, "
+                      f"error/scale {s.normalized_error:.6g}, scale {s.scale:.6g}\n"
+                      f"passes when max abs error <= atol {r.atol:g} + rtol {r.rtol:g} x scale")
+            failure = (stage_failure(s, r.atol, r.rtol), "StageMismatch", detail)
+        cases.append((s.layer, s.klass or "xlcnn.images", failure, ""))
+    for c in workbook_checks(r):
+        cases.append((c.name, CHECK_CLASS, None if c.passed else (c.message, c.kind, c.detail), c.skipped))
+    failures = sum(1 for *_, f, _ in cases if f is not None)
+    skipped = sum(1 for *_, sk in cases if sk)
+    counts = dict(tests=str(len(cases)), failures=str(failures), errors="0", skipped=str(skipped),
+                  time=f"{r.evaluate_seconds:.3f}")
+    root = ET.Element("testsuites", name="xlcnn verify", **counts)
+    suite = ET.SubElement(root, "testsuite", name="xlcnn verify", **counts)
+    props = ET.SubElement(suite, "properties")
+    for key, value in (("workbook", r.workbook), ("model", r.model), ("engine", r.engine),
+                       ("formulas", r.formulas), ("rtol", f"{r.rtol:g}"), ("atol", f"{r.atol:g}")):
+        ET.SubElement(props, "property", name=key, value=_xml_safe(value))
+    for name, classname, failure, skip in cases:
+        case = ET.SubElement(suite, "testcase", name=_xml_safe(name), classname=_xml_safe(classname), time="0")
+        if failure is not None:
+            message, kind, detail = failure
+            node = ET.SubElement(case, "failure", message=_xml_safe(message), type=kind)
+            node.text = _xml_safe(detail or message)
+        elif skip:
+            ET.SubElement(case, "skipped", message=_xml_safe(skip))
+    ET.indent(root)
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n").encode()
+
+
+def _gh_data(text):
+    """A workflow command's message, escaped as GitHub's toolkit does (escapeData)."""
+    return str(text).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_property(text):
+    """A workflow command's property value (title=...), escaped as GitHub's toolkit does (escapeProperty)."""
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def github_annotations(r):
+    """`::error` workflow commands for every failure (first failing stage first, then the workbook
+    checks, then the later stages, since GitHub shows only the first 10 per step), and `::warning`
+    for notes. Nothing for a passing workbook without notes."""
+    def command(level, title, message):
+        return f"::{level} title={_gh_property(title)}::{_gh_data(message)}"
+
+    name = Path(r.workbook).name
+    failing = [s for s in r.stages if not s.passed]
+    stage_lines = [command("error", f"xlcnn verify: {'first failing ' if i == 0 else ''}stage {s.layer}"
+                                    f" ({s.klass or 'batch of images'})",
+                           f"{name}: stage {s.layer} differs from Keras; {stage_failure(s, r.atol, r.rtol)}")
+                   for i, s in enumerate(failing)]
+    check_lines = [command("error", f"xlcnn verify: {c.name}", f"{name}: {c.message}")
+                   for c in workbook_checks(r) if not c.passed]
+    notes = [command("warning", "xlcnn verify: note", f"{name}: {n}") for n in r.notes]
+    return stage_lines[:1] + check_lines + stage_lines[1:] + notes
+
+
+def _output_path(option, value, workbook):
+    """Where --json / --junit go, checked before the (long) evaluation: one line and exit 2 if unusable."""
+    if not str(value).strip():
+        raise XlcnnError(f"{option} needs a file name, e.g. {option} verify.xml")
+    path = Path(value)
+    if path.is_dir():
+        raise XlcnnError(f"{option} {value!s} is a folder; give a file name, e.g. {option} verify.xml")
+    if not path.parent.is_dir():
+        raise XlcnnError(f"{option} {path}: folder {path.parent} does not exist; create it first")
+    try:
+        same = path.exists() and path.resolve() == Path(workbook).resolve()
+    except (OSError, ValueError):
+        same = False
+    if same:
+        raise XlcnnError(f"{option} {path} is the workbook itself; give another file name")
+    return path
+
+
+def _write_atomically(option, path, data):
+    """Write bytes to a temporary file beside `path`, then move it into place: never half a file."""
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except (OSError, ValueError) as exc:
+        try:
+            tmp.unlink()
+        except (OSError, ValueError):
+            pass
+        raise XlcnnError(f"cannot write {option} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
 def run_cli(args, progress=None):
+    outputs = {}
+    for option, value in (("--json", args.json), ("--junit", getattr(args, "junit", None))):
+        if value is not None:
+            path = _output_path(option, value, args.workbook)
+            for other, seen in outputs.items():
+                if seen.resolve() == path.resolve():
+                    raise XlcnnError(f"{other} and {option} name the same file {path}; give two names")
+            outputs[option] = path
     report = verify(args.workbook, model=args.model, image=args.image, atol=args.atol, rtol=args.rtol,
                     engine=args.engine, images_dir=args.images, progress=progress)
     if not args.quiet:
         print(format_report(report))
-    if args.json:
-        try:
-            Path(args.json).write_text(json.dumps(report.to_dict(), indent=2, default=float))
-        except OSError as exc:
-            raise XlcnnError(f"cannot write --json {args.json}: {exc.strerror}") from None
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for line in github_annotations(report):
+            print(line)
+    if "--json" in outputs:
+        _write_atomically("--json", outputs["--json"],
+                          json.dumps(report.to_dict(), indent=2, default=float).encode())
+    if "--junit" in outputs:
+        _write_atomically("--junit", outputs["--junit"], junit_xml(report))
     return 0 if report.passed else 1
