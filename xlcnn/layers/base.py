@@ -132,6 +132,21 @@ def activation_option(value, _config):
 
 # -- shared writers ------------------------------------------------------------------------------
 
+def sumproduct(a, b):
+    """The formula text of Σ a·b over two equally shaped references: SUMPRODUCT(a,b), or the plain
+    product a*b when both are single cells (a 1×1 kernel, a window clipped to one cell, a Dense
+    layer with one input). Every writer of a weighted sum goes through here: some engines (pycel)
+    cannot evaluate SUMPRODUCT over single cells, and a product is what a reader expects there."""
+    if _single_cell(a) and _single_cell(b):
+        return f"{a}*{b}"
+    return f"SUMPRODUCT({a},{b})"
+
+
+def _single_cell(reference):
+    # the sheet part may hold '!' but never ':' (not allowed in sheet names), the cell part no '!'
+    return ":" not in reference.rpartition("!")[2]
+
+
 def write_weight_matrix(ctx, layer_name, suffix, matrix, bias, title, column_label):
     """A weight sheet laid out like Keras's kernel (rows = inputs, columns = outputs): the row under
     the headers holds the bias, then row i the weights from input i. Returns the sheet name; the

@@ -13,7 +13,7 @@ import numpy as np
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
 from .base import (LayerWriter, activation_option, bias_along_width, handles, ok, one_of, padding_text, pair,
-                   window_geometry, write_activation_blocks)
+                   sumproduct, window_geometry, write_activation_blocks)
 
 FORMULA_LIMIT = 8000  # Excel's limit is 8,192 characters; keep a margin for the bias term
 
@@ -99,15 +99,15 @@ def write_conv_weights(ctx, name, kernel, bias, groups=1):
 
 def conv_term(x, ci, o, taps_i, taps_j, kernel_range, dh, dw, k=None):
     """One input channel's share of an output cell: SUMPRODUCT(window of channel ci, kernel block
-    (o, k)), k defaulting to ci; explicit products when the kernel is dilated. None when the
-    window lies wholly in the padding."""
+    (o, k)), k defaulting to ci (a plain product for a one-cell window, see base.sumproduct);
+    explicit products when the kernel is dilated. None when the window lies wholly in the padding."""
     k = ci if k is None else k
     if not taps_i or not taps_j:
         return None
     if dh == 1 and dw == 1:
         (r0, a0), (r1, a1) = taps_i[0], taps_i[-1]
         (q0, b0), (q1, b1) = taps_j[0], taps_j[-1]
-        return f"SUMPRODUCT({x.window(ci, r0, r1, q0, q1)},{kernel_range(o, k, a0, a1, b0, b1)})"
+        return sumproduct(x.window(ci, r0, r1, q0, q1), kernel_range(o, k, a0, a1, b0, b1))
     products = [f"{x.cell(ci, r, q)}*{kernel_range(o, k, a, a, b, b)}" for r, a in taps_i for q, b in taps_j]
     return "(" + "+".join(products) + ")"
 

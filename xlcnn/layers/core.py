@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
-from .base import (LayerWriter, activation_option, handles, ok, one_of, write_1d_activation, write_cellwise_stage,
-                   write_softmax_maps, write_weight_matrix)
+from .base import (LayerWriter, activation_option, handles, ok, one_of, sumproduct, write_1d_activation,
+                   write_cellwise_stage, write_softmax_maps, write_weight_matrix)
 
 
 @handles("Activation")
@@ -116,7 +116,7 @@ class DenseWriter(LayerWriter):
         for j in range(units):
             col = FIRST_COL + j
             wcol = rng(wname, FIRST_ROW + 1, col, FIRST_ROW + n_in, col, abs_row=True, abs_col=False)
-            formula = f"SUMPRODUCT({xs},{wcol})"
+            formula = sumproduct(xs, wcol)
             if bias is not None:
                 formula += "+" + rng(wname, FIRST_ROW, col, FIRST_ROW, col, abs_row=True, abs_col=False)
             sheet.formula(FIRST_ROW + j, FIRST_COL, formula, z[j])
