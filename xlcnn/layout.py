@@ -85,7 +85,7 @@ def rng(sheet, r0, c0, r1, c1, absolute=False, abs_row=None, abs_col=None):
     r = absolute if abs_row is None else abs_row
     c = absolute if abs_col is None else abs_col
     if r0 == r1 and c0 == c1:
-        return ref(sheet, r0, c0, r, c)
+        return ref(sheet, r0, c0, abs_row=r, abs_col=c)
     return f"{quote_sheet(sheet)}!{a1(r0, c0, r, c)}:{a1(r1, c1, r, c)}"
 
 
