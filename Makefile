@@ -5,13 +5,18 @@ OUT ?= out
 
 .PHONY: setup demo test bench clean
 
-# Python packages (editable install with test extras) and LibreOffice for the real-recalculation tests.
+# Python packages (editable install with test extras), and LibreOffice and Gnumeric (ssconvert) for
+# the real-recalculation tests.
 setup:
 	$(PIP) install -q -e ".[test]"
 	@command -v soffice >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends libreoffice-calc-nogui; }
+	@command -v ssconvert >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends gnumeric; }
 
 demo: setup
 	mkdir -p $(OUT)
