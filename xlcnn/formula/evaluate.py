@@ -22,12 +22,14 @@ import math
 import operator
 import re
 import time
+from typing import NamedTuple
 
 import numpy as np
 
+from .grouping import group_formulas
 from .reader import MAX_DENSE_CELLS
-from .parser import (MAX_COLS, MAX_ROWS, SPLIT, STRIDE, Binary, Bool, Call, Err, FormulaError, Missing,
-                     Num, Range, Ref, Str, Unary, cell_name, col_index, parse, split_formula, walk)
+from .parser import (MAX_COLS, MAX_ROWS, Binary, Bool, Call, Err, FormulaError, Missing, Num, Range,
+                     Ref, Str, Unary, cell_name, parse, walk)
 
 
 
@@ -45,10 +47,11 @@ class _Slot:
 
 class _Class:
     """Cells of one sheet sharing one formula skeleton and the same range shapes."""
-    __slots__ = ("id", "sheet", "rows", "cols", "ast", "slots", "ranges", "gather")
+    __slots__ = ("id", "sheet", "hosts", "rows", "cols", "ast", "slots", "ranges", "gather")
 
-    def __init__(self, cid, sheet, rows, cols, ast, slots, ranges):
-        self.id, self.sheet, self.rows, self.cols = cid, sheet, rows, cols
+    def __init__(self, cid, sheet, hosts, rows, cols, ast, slots, ranges):
+        # sheet: the one sheet all cells are on, or None and hosts: each cell's sheet
+        self.id, self.sheet, self.hosts, self.rows, self.cols = cid, sheet, hosts, rows, cols
         self.gather = {}  # range slot -> index arrays, built on first evaluation
         self.ast, self.slots = ast, slots
         # first slot of a Range -> (h, w, slot giving its top row, slot giving its left col, last slot)
@@ -67,115 +70,6 @@ class _Program:
         self.writer = []       # per sheet int32 class id of each formula cell, -1 elsewhere; or None
         self.n_formulas = 0
         self.n_constants = 0
-
-
-def _skeleton(text):
-    """(skeleton, letters, digits) of one formula: its split pieces with the references'
-    letters and digits blanked (the key), and those letters and digits (None for non-refs)."""
-    parts = split_formula(text)
-    letters = parts[3::STRIDE]
-    digits = parts[5::STRIDE]
-    if letters:
-        parts[3::STRIDE] = parts[5::STRIDE] = [None] * len(letters)
-    return tuple(parts), letters, digits
-
-
-def _ref_numbers(letters_lists, digits_lists):
-    """(rows, cols) int64 arrays (cells, refs), 0-based, from per-cell letters/digits lists."""
-    n = len(letters_lists)
-    refpos = [j for j, x in enumerate(letters_lists[0]) if x is not None]
-    k = len(refpos)
-    if k == 0:
-        return np.zeros((n, 0), np.int64), np.zeros((n, 0), np.int64)
-    pick = operator.itemgetter(*refpos) if k > 1 else (lambda x: (x[refpos[0]],))
-    letters = list(itertools.chain.from_iterable(map(pick, letters_lists)))
-    digits = itertools.chain.from_iterable(map(pick, digits_lists))
-    colmap = dict.fromkeys(letters)
-    for x in colmap:
-        colmap[x] = col_index(x)
-    cols = np.fromiter(map(colmap.__getitem__, letters), np.int64, n * k).reshape(n, k)
-    rows = np.fromiter(map(int, digits), np.int64, n * k).reshape(n, k) - 1
-    return rows, cols
-
-
-_KEEP_DIGITS = bytes(c if 48 <= c <= 57 else 32 for c in range(256))
-_DIGIT_RUN = re.compile(r"[0-9]+")
-_DIGIT_RUN_B = re.compile(rb"[0-9]+")
-
-
-def _group_by_skeleton(texts):
-    """{skeleton: [(cell indices, rows (n, k), cols (n, k)), ...]}: formulas equal up to the
-    numbers in their references, with those numbers as arrays.
-
-    Regular-expression scanning of every formula costs more than all the rest, so cells are
-    first grouped by their text without digits (bytes.translate, C speed) and only one cell
-    per group is tokenized.  Every other cell is checked to be that cell's text with its own
-    digit runs put back (so a digit can't have moved), and its runs become the numbers.  Cells
-    that fail the check take the slow path: one split each."""
-    out = {}
-    coarse = {}
-    encoded = []
-    for i, text in enumerate(texts):
-        b = text.encode()
-        encoded.append(b)
-        key = b.translate(None, b"0123456789")
-        g = coarse.get(key)
-        if g is None:
-            coarse[key] = g = ([], [])
-        g[0].append(i)
-        g[1].append(b.translate(_KEEP_DIGITS).split())
-    slow = []
-    for idx, runs in coarse.values():
-        rep = texts[idx[0]]
-        starts = {m.start(): k for k, m in enumerate(_DIGIT_RUN.finditer(rep))}
-        ref_runs, letters = [], []
-        for m in SPLIT.finditer(rep):
-            if m.group(3) is not None:
-                ref_runs.append(starts[m.start(5)])
-                letters.append(m.group(3))
-        literal = sorted(set(range(len(starts))) - set(ref_runs))
-        template = _DIGIT_RUN_B.sub(b"%s", encoded[idx[0]].replace(b"%", b"%%"))
-        n_runs = len(starts)
-        lit_of = (operator.itemgetter(*literal) if len(literal) > 1 else
-                  (lambda r: r[literal[0]]) if literal else (lambda r: None))
-        by_literals = {}
-        for i, r in zip(idx, runs):
-            if len(r) != n_runs or template % tuple(r) != encoded[i]:
-                slow.append(i)
-                continue
-            lit = lit_of(r)
-            g = by_literals.get(lit)
-            if g is None:
-                by_literals[lit] = g = ([], [])
-            g[0].append(i)
-            g[1].append(r)
-        cols = np.array([col_index(x) for x in letters], np.int64)
-        k = len(ref_runs)
-        pick = operator.itemgetter(*ref_runs) if k > 1 else (lambda x: (x[ref_runs[0]],))
-        for cells, cell_runs in by_literals.values():
-            n = len(cells)
-            key, own_letters, _ = _skeleton(texts[cells[0]])
-            if [x for x in own_letters if x is not None] != letters:
-                slow += cells  # literal digits changed how the formula tokenizes
-                continue
-            if k:
-                digits = b" ".join(itertools.chain.from_iterable(map(pick, cell_runs)))
-                rows = np.fromstring(digits, np.int64, sep=" ").reshape(n, k) - 1
-            else:
-                rows = np.zeros((n, 0), np.int64)
-            out.setdefault(key, []).append((cells, rows, np.broadcast_to(cols, (n, k))))
-    groups = {}
-    for i in slow:
-        key, letters, digits = _skeleton(texts[i])
-        g = groups.get(key)
-        if g is None:
-            groups[key] = g = ([], [], [])
-        g[0].append(i)
-        g[1].append(letters)
-        g[2].append(digits)
-    for key, (cells, letters, digits) in groups.items():
-        out.setdefault(key, []).append((cells, *_ref_numbers(letters, digits)))
-    return out
 
 
 _FUNCTIONS = {}  # name -> (implementation, min args, max args, takes references)
@@ -211,29 +105,34 @@ def _compile(book):
         host.append(np.stack([np.full(len(ftexts), s), frows, fcols]).reshape(3, -1))
     host = np.concatenate(host, axis=1).astype(np.int64) if host else np.zeros((3, 0), np.int64)
     prog.n_formulas = len(texts)
-    for key, chunks in _group_by_skeleton(texts).items():
+    for key, chunks in group_formulas(texts).items():
         cells = np.concatenate([np.asarray(c[0], np.int64) for c in chunks])
         R_all = np.concatenate([c[1] for c in chunks])
         C_all = np.concatenate([c[2] for c in chunks])
         on = host[0, cells]
-        if (on == on[0]).all():
+        first = cell_name(sheets[int(on[0])], int(host[1, cells[0]]), int(host[2, cells[0]]))
+        try:
+            ast = parsed.get(key)
+            if ast is None:
+                ast = parsed[key] = parse(list(key))
+                _check_ast(ast)
+        except FormulaError as e:
+            raise FormulaError(e.reason, first) from None
+        own_sheet = any(isinstance(n, Ref) and n.sheet is None for n in walk(ast))
+        if (on == on[0]).all() or not own_sheet:
+            # every reference names its sheet: one class may write to many sheets (the same
+            # convolution formula on each output channel's sheet)
             per_sheet = [np.arange(len(cells))]
-        else:  # the same formula text on several sheets: classes are per sheet
+        else:  # references to the formula's own sheet: classes are per sheet
             order = np.argsort(on, kind="stable")
             per_sheet = np.split(order, np.flatnonzero(np.diff(on[order])) + 1)
         for sel in per_sheet:
             idx, R, C = cells[sel], R_all[sel], C_all[sel]
-            s = int(host[0, idx[0]])
+            hosts = host[0, idx]
+            s = int(hosts[0])
             sheet = sheets[s]
             hr, hc = host[1, idx], host[2, idx]
             where = cell_name(sheet, int(hr[0]), int(hc[0]))
-            try:
-                ast = parsed.get(key)
-                if ast is None:
-                    ast = parsed[key] = parse(list(key))
-                    _check_ast(ast)
-            except FormulaError as e:
-                raise FormulaError(e.reason, where) from None
             refs = {n.slot: n for n in walk(ast) if isinstance(n, Ref)}
             pairs = [(n.first.slot, n.last.slot) for n in walk(ast) if isinstance(n, Range)]
             k = R.shape[1]
@@ -266,8 +165,7 @@ def _compile(book):
             if not pairs or len(idx) == 1 or (E == E[0]).all():
                 members = [np.arange(len(idx))]
             else:
-                _, inv = np.unique(E, axis=0, return_inverse=True)
-                inv = inv.ravel()
+                _, inv = row_ids(E)
                 order = np.argsort(inv, kind="stable")
                 members = np.split(order, np.flatnonzero(np.diff(inv[order])) + 1)
             for m in members:
@@ -283,7 +181,10 @@ def _compile(book):
                 for a, b in pairs:
                     dr, dc = int(R[rep, b] - R[rep, a]), int(C[rep, b] - C[rep, a])
                     ranges[a] = (abs(dr) + 1, abs(dc) + 1, a if dr >= 0 else b, a if dc >= 0 else b, b)
-                classes.append(_Class(len(classes), s, hr[m], hc[m], ast, slots, ranges))
+                hm = hosts[m]
+                one = bool((hm == hm[0]).all())
+                classes.append(_Class(len(classes), s if one else None, None if one else hm,
+                                      hr[m], hc[m], _fuse(ast), slots, ranges))
     prog.shapes = [tuple(x) for x in shapes]
     _build_base(book, prog)
     _order(book, prog)
@@ -310,7 +211,50 @@ def _build_base(book, prog):
         prog.isnum.append(isnum)
         prog.writer.append(np.full(shape, -1, np.int32) if len(frows) else None)
     for cls in prog.classes:
-        prog.writer[cls.sheet][cls.rows, cls.cols] = cls.id
+        for t, _, rows, cols in _by_sheet(cls, None):
+            prog.writer[t][rows, cols] = cls.id
+
+
+def row_ids(K):
+    """(index of one row per distinct row, id of each row's distinct row) of an int array
+    (n, m).  Rows compare after subtracting the first row (same distinctness) and dropping
+    repeated columns, so a key of many columns that move together costs one column."""
+    n = len(K)
+    D = K - K[0]
+    D = D[:, (D != 0).any(0)]
+    if D.shape[1] == 0:
+        return np.zeros(1, np.int64), np.zeros(n, np.int64)
+    if D.shape[1] > 1:  # distinct columns: fingerprint, then check the dropped ones exactly
+        finger = np.random.default_rng(0).random(n) @ D
+        _, keep, which = np.unique(finger, return_index=True, return_inverse=True)
+        same = (D == D[:, keep[which.ravel()]]).all(0)
+        D = D[:, np.union1d(keep, np.flatnonzero(~same))]
+    code = np.zeros(n, np.int64)
+    for col in D.T:
+        _, col = np.unique(col, return_inverse=True)
+        code = code * (int(col.max()) + 1) + col.ravel()
+        if code.max() > (1 << 40):  # keep the mixed-radix code small
+            _, code = np.unique(code, return_inverse=True)
+            code = code.ravel()
+    _, first, inv = np.unique(code, return_index=True, return_inverse=True)
+    return first, inv.ravel()
+
+
+def _by_sheet(cls, sub):
+    """[(sheet, positions within the class's cells ``sub`` or None for all, rows, cols)]: where
+    the cells of a class (or the part ``sub`` of it) are, one entry per sheet written."""
+    if sub is None and "parts" in cls.gather:
+        return cls.gather["parts"]
+    rows, cols = (cls.rows, cls.cols) if sub is None else (cls.rows[sub], cls.cols[sub])
+    if cls.hosts is None:
+        return [(cls.sheet, None, rows, cols)]
+    if sub is None:
+        cls.gather["parts"] = _by_sheet(cls, np.arange(len(rows)))
+        return cls.gather["parts"]
+    hosts = cls.hosts if sub is None else cls.hosts[sub]
+    order = np.argsort(hosts, kind="stable")
+    cuts = np.flatnonzero(np.diff(hosts[order])) + 1
+    return [(int(hosts[g[0]]), g, rows[g], cols[g]) for g in np.split(order, cuts)]
 
 
 # =========================================================================== ordering
@@ -424,10 +368,12 @@ def _cell_levels(book, prog, comp):
     n = int(start[-1])
     cell_map = {}
     for cls, s0 in zip(classes, start):
-        m = cell_map.get(cls.sheet)
-        if m is None:
-            m = cell_map[cls.sheet] = np.full(prog.shapes[cls.sheet], -1, np.int64)
-        m[cls.rows, cls.cols] = np.arange(s0, s0 + len(cls.rows))
+        for t, sel, rows, cols in _by_sheet(cls, None):
+            m = cell_map.get(t)
+            if m is None:
+                m = cell_map[t] = np.full(prog.shapes[t], -1, np.int64)
+            ids = np.arange(s0, s0 + len(cls.rows))
+            m[rows, cols] = ids if sel is None else ids[sel]
     src, dst = [], []
     for cls, s0 in zip(classes, start):
         host = np.arange(s0, s0 + len(cls.rows))
@@ -477,7 +423,9 @@ def _cell_levels(book, prog, comp):
             cell = int(nxt[stuck[nxt]][0])
         k = int(owner[cell])
         cls = classes[k]
-        name = cell_name(book.sheets[cls.sheet], int(cls.rows[local[cell]]), int(cls.cols[local[cell]]))
+        i = int(local[cell])
+        host = cls.sheet if cls.hosts is None else int(cls.hosts[i])
+        name = cell_name(book.sheets[host], int(cls.rows[i]), int(cls.cols[i]))
         raise FormulaError("circular reference", name)
     return steps
 
@@ -653,7 +601,147 @@ def _ev_call(node, cx):
     return fn(*args)
 
 
+class Dot(NamedTuple):
+    """A sum of two-range SUMPRODUCTs and other terms, ``calls[0] + calls[1] + ... + rest``:
+    evaluated as one dot product over the concatenated ranges (one matrix product where the
+    cells factor into (first range's position) x (second range's position), as a convolution's
+    cells do: window x output channel)."""
+    calls: tuple
+    rest: tuple
+
+
+def _terms(node, out):
+    if isinstance(node, Binary) and node.op == "+":
+        _terms(node.left, out)
+        _terms(node.right, out)
+    else:
+        out.append(node)
+    return out
+
+
+def _fuse(ast):
+    """``ast`` with a top-level sum of SUMPRODUCT(range, range) terms made a :class:`Dot`."""
+    if not (isinstance(ast, Binary) and ast.op == "+") and not isinstance(ast, Call):
+        return ast
+    terms = _terms(ast, [])
+    calls = tuple(t for t in terms if isinstance(t, Call) and t.name == "SUMPRODUCT"
+                  and len(t.args) == 2 and all(isinstance(a, Range) for a in t.args))
+    if not calls:
+        return ast
+    return Dot(calls, tuple(t for t in terms if not (isinstance(t, Call) and t in calls)))
+
+
+_DOT_CHUNK = 1 << 22  # elements of one gathered operand block (32 MB): the batch goes in slices
+
+
+def _ev_dot(node, cx):
+    cls = cx.cls
+    plan = cls.gather.get("dot", None) if cx.sub is None else False
+    if plan is None:
+        plan = cls.gather["dot"] = _dot_plan(node, cls)
+    if plan is not False:
+        out = _run_dot(plan, cx)
+        if out is None:  # a range holds text or a boolean: SUMPRODUCT's own path zeroes them
+            cls.gather["dot"] = False
+    if plan is False or out is None:
+        out = None
+        for t in node.calls:
+            v = _num(_ev(t, cx))
+            out = v if out is None else out + v
+    for t in node.rest:
+        out = out + _num(_ev(t, cx))
+    return out
+
+
+def _run_dot(plan, cx):
+    sides, inv, product = plan
+    batch = max(cx.V[t].shape[0] for side in sides for t, *_ in side)
+    width = sum(h * w for _, _, _, h, w in sides[0])
+    rows = max(len(sides[0][0][1]), len(sides[1][0][1]))
+    step = max(1, _DOT_CHUNK // max(1, rows * width))
+    outs = []
+    for b0 in range(0, batch, step):
+        a = _side_values(sides[0], cx, b0, b0 + step)
+        b = _side_values(sides[1], cx, b0, b0 + step)
+        if a is None or b is None:
+            return None
+        if product:
+            outs.append(_matmul(a, b)[:, inv[0], inv[1]])
+        else:
+            outs.append(_dot(a, b))
+        if a.shape[0] == 1 and b.shape[0] == 1:
+            break  # nothing varies over the batch
+    return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+
+def _matmul(a, b):
+    """(Ba, Pa, K) x (Bb, Pb, K) -> (B, Pa, Pb), one BLAS call when one side is shared."""
+    if b.shape[0] == 1:
+        B, P, K = a.shape
+        return (a.reshape(B * P, K) @ b[0].T).reshape(B, P, -1)
+    if a.shape[0] == 1:
+        B, P, K = b.shape
+        return (b.reshape(B * P, K) @ a[0].T).reshape(B, P, -1).transpose(0, 2, 1)
+    return a @ b.transpose(0, 2, 1)
+
+
+def _dot_plan(node, cls):
+    """How to evaluate a Dot for the whole class: for each side (the first, then the second
+    argument of every SUMPRODUCT) the distinct windows it reads and which one each cell uses.
+    When (distinct first windows) x (distinct second windows) is not much more than the cells,
+    one matrix product gives every cell's value; else the dot is taken cell by cell."""
+    shapes = []
+    for call in node.calls:
+        h1, w1 = cls.ranges[call.args[0].first.slot][:2]
+        h2, w2 = cls.ranges[call.args[1].first.slot][:2]
+        if (h1, w1) != (h2, w2):
+            return False  # #VALUE!: left to SUMPRODUCT itself
+        shapes.append((h1, w1))
+    n = len(cls.rows)
+    sides, inv = [], []
+    for k in (0, 1):
+        keys, reads = [], []
+        for call, (h, w) in zip(node.calls, shapes):
+            _, _, jr, jc, _ = cls.ranges[call.args[k].first.slot]
+            top, left = cls.slots[jr].row, cls.slots[jc].col
+            keys += [np.broadcast_to(top, (n,)), np.broadcast_to(left, (n,))]
+            reads.append((cls.slots[call.args[k].first.slot].sheet, h, w))
+        key = np.stack(keys, 1)
+        first, where = row_ids(key)
+        uniq = key[first]
+        inv.append(where)
+        sides.append([(t, uniq[:, 2 * i], uniq[:, 2 * i + 1], h, w) for i, (t, h, w) in enumerate(reads)])
+    product = len(sides[0][0][1]) * len(sides[1][0][1]) <= 4 * n
+    if not product:  # each cell's own windows
+        sides = [[(t, top[where], left[where], h, w) for t, top, left, h, w in side]
+                 for side, where in zip(sides, inv)]
+    return sides, inv, product
+
+
+def _side_values(side, cx, b0, b1):
+    """(batch, windows, K) values read by one side of a Dot (batch slice b0:b1, or 1 when
+    nothing read varies over the batch); None when a read holds text or a boolean."""
+    parts = []
+    for t, top, left, h, w in side:
+        V, M = cx.V[t], cx.M[t]
+        V = V[b0:b1] if V.shape[0] > 1 else V
+        ri = (top[:, None] + np.arange(h)).reshape(-1, h, 1)
+        ci = (left[:, None] + np.arange(w)).reshape(-1, 1, w)
+        vals = V[:, ri, ci]
+        r0, c0 = int(top.min()), int(left.min())
+        if not M[r0:int(top.max()) + h, c0:int(left.max()) + w].all():
+            off = ~M[ri, ci]  # empty cells read as 0 and are 0; text and booleans are not
+            if (vals[:, off] != 0).any():
+                return None
+        parts.append(vals.reshape(vals.shape[0], len(top), h * w))
+    if len(parts) > 1 and len({p.shape[0] for p in parts}) > 1:
+        size = max(p.shape[0] for p in parts)
+        parts = [np.broadcast_to(p, (size,) + p.shape[1:]) for p in parts]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+
+
 _EVAL = {
+    Dot: _ev_dot,
     Num: lambda n, cx: np.float64(n.value),
     Str: lambda n, cx: n.value,
     Bool: lambda n, cx: np.float64(n.value),
@@ -983,19 +1071,23 @@ def evaluate(book, overrides=None):
     with np.errstate(all="ignore"):
         for cid, sub in prog.steps:
             cls = classes[cid]
-            rows, cols = (cls.rows, cls.cols) if sub is None else (cls.rows[sub], cls.cols[sub])
             val = _ev(cls.ast, _Ctx(cls, sub, V, M))
-            s = cls.sheet
-            if isinstance(val, str):
-                for r, c in zip(rows.tolist(), cols.tolist()):
-                    texts[(s, r, c)] = val
-                if M[s] is prog.isnum[s]:
-                    M[s] = M[s].copy()
-                M[s][rows, cols] = False
+            text = val if isinstance(val, str) else None
+            if text is not None:
                 val = _NAN
             elif isinstance(val, _Rng):
                 val = _num(val)
-            V[s][:, rows, cols] = val
+            for s, sel, rows, cols in _by_sheet(cls, sub):
+                if text is not None:
+                    for r, c in zip(rows.tolist(), cols.tolist()):
+                        texts[(s, r, c)] = text
+                    if M[s] is prog.isnum[s]:
+                        M[s] = M[s].copy()
+                    M[s][rows, cols] = False
+                if sel is not None and np.ndim(val) == 2 and val.shape[1] > 1:
+                    V[s][:, rows, cols] = val[:, sel]
+                else:
+                    V[s][:, rows, cols] = val
             for s2, r, c, v in reapply.get(cid, ()):
                 V[s2][:, r, c] = v
     return Result(book, prog, V, M, texts, outside, batch, time.perf_counter() - t0)

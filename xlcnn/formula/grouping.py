@@ -1,0 +1,126 @@
+"""Group formula cells that are the same formula up to the letters and digits of their cell
+references (the same R1C1 shape, or the same shape with other absolute references), without
+tokenizing each cell.
+
+Formulas of equal byte length whose text is equal once digits and capital letters are deleted
+are stacked into one uint8 matrix (cells, length), C speed end to end.  One representative is
+tokenized; the byte columns where any cell differs from it must all lie inside its references'
+letters or digits (else the group is split by that rule, cell by cell against each new
+representative).  The references' rows and columns then come out of the matrix with a handful
+of NumPy operations, whatever the number of cells or of references per formula (a convolution
+over 64 input channels has 256 references per cell).
+"""
+
+import numpy as np
+
+from .parser import SPLIT, STRIDE, split_formula
+
+_DELETE = bytes(range(48, 58)) + bytes(range(65, 91))  # digits and A-Z: what may vary in a ref
+_CHUNK_BYTES = 32 << 20                                # bound on one stacked matrix
+
+
+def skeleton(text):
+    """A formula's split pieces with its references' letters and digits blanked: the key of
+    its group, and what :func:`xlcnn.formula.parser.parse` reads."""
+    parts = split_formula(text)
+    n = len(parts[3::STRIDE])
+    if n:
+        parts[3::STRIDE] = parts[5::STRIDE] = [None] * n
+    return tuple(parts)
+
+
+def _ref_spans(text, encoded):
+    """Byte spans (letters start, end, digits start, end) of every cell reference of ``text``."""
+    spans = [(m.start(3), m.end(3), m.start(5), m.end(5)) for m in SPLIT.finditer(text)
+             if m.group(3) is not None]
+    if len(encoded) != len(text):  # non-ASCII text (a sheet name): character -> byte offsets
+        spans = [tuple(len(text[:p].encode()) for p in s) for s in spans]
+    return spans
+
+
+def _decode(M, starts, ends, base, zero):
+    """Numbers spelt in byte columns [starts[k], ends[k]) of every row of M: digits (base 10,
+    zero '0') or column letters (base 26, zero '@' so that 'A' is 1).  Returns (rows, refs)."""
+    width = ends - starts
+    pos = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
+    power = np.concatenate([base ** np.arange(w - 1, -1, -1, dtype=np.int64) for w in width])
+    vals = (M[:, pos].astype(np.int64) - zero) * power
+    return np.add.reduceat(vals, np.concatenate([[0], np.cumsum(width)[:-1]]), axis=1)
+
+
+def _numbers(M, spans, rep):
+    """(rows, cols) (cells, refs) int64, 0-based, of the references of the rows of M."""
+    n, k = len(M), len(spans)
+    if k == 0:
+        z = np.zeros((n, 0), np.int64)
+        return z, z
+    sp = np.array(spans, np.int64)
+    varies = (M != rep).any(0) if n > 1 else np.zeros(M.shape[1], bool)
+    cum = np.concatenate([[0], np.cumsum(varies)])
+    out = []
+    for a, b, base, zero in ((0, 1, 26, 64), (2, 3, 10, 48)):
+        starts, ends = sp[:, a], sp[:, b]
+        moving = cum[ends] > cum[starts]
+        whole = _decode(rep[None], starts, ends, base, zero)[0] - 1
+        arr = np.repeat(whole[None], n, axis=0)
+        if moving.any():
+            arr[:, moving] = _decode(M, starts[moving], ends[moving], base, zero) - 1
+        out.append(arr)
+    cols, rows = out
+    return rows, cols
+
+
+def _split_matrix(A, texts, idx, out):
+    """Split the stacked formulas A (rows are texts[idx]) into same-skeleton sets."""
+    remaining = np.arange(len(idx))
+    while remaining.size:
+        r0 = int(remaining[0])
+        text = texts[idx[r0]]
+        rep = A[r0]
+        spans = _ref_spans(text, rep.tobytes())
+        L = A.shape[1]
+        kind = np.zeros(L, np.int8)  # 0 other, 1 letter of a ref, 2 digit of a ref
+        for a, b, c, d in spans:
+            kind[a:b] = 1
+            kind[c:d] = 2
+        sub = A if remaining.size == len(A) else A[remaining]
+        diff = sub != rep
+        moved = diff.any(0)
+        if not (moved & (kind == 0)).any():
+            ok = np.ones(len(sub), bool)
+        else:
+            ok = ~diff[:, kind == 0].any(1)
+        for k, lo, hi in ((1, 65, 90), (2, 48, 57)):
+            cols = moved & (kind == k)
+            if cols.any():
+                part = sub[:, cols]
+                ok &= ((part >= lo) & (part <= hi)).all(1)
+        members = remaining[ok]
+        remaining = remaining[~ok]
+        M = sub[ok] if not ok.all() else sub
+        rows, cols = _numbers(M, spans, rep)
+        out.setdefault(skeleton(text), []).append((idx[members], rows, cols))
+
+
+def group_formulas(texts):
+    """{skeleton: [(indices into ``texts``, rows (n, k), cols (n, k)), ...]}: formulas equal up
+    to the letters and digits of their k references, with those references' 0-based rows and
+    columns as arrays.  Every formula lands in exactly one set."""
+    coarse = {}
+    for i, text in enumerate(texts):
+        b = text.encode()
+        key = (len(b), b.translate(None, _DELETE))
+        g = coarse.get(key)
+        if g is None:
+            coarse[key] = [i]
+        else:
+            g.append(i)
+    out = {}
+    for (length, _), members in coarse.items():
+        per = max(1, _CHUNK_BYTES // max(length, 1))
+        for s in range(0, len(members), per):
+            idx = np.asarray(members[s:s + per], np.int64)
+            blob = b"".join([texts[i].encode() for i in idx.tolist()])
+            A = np.frombuffer(blob, np.uint8).reshape(len(idx), length)
+            _split_matrix(A, texts, idx, out)
+    return out
