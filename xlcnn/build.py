@@ -45,7 +45,8 @@ class BuildResult:
     longest_formula: int
     bytes: int
     predicted: int | None
-    probability: float | None
+    probability: float | None      # the winner's output value: a probability when output_is_probability
+    output_is_probability: bool = False
     preprocessing: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     estimate: object = None
@@ -85,12 +86,22 @@ def default_scale(loaded):
     return 1.0 if first is not None and type(first).__name__ == "Rescaling" else 1 / 255
 
 
-def build(model_path, image_path, out_path, force=False, invert="auto", scale=None, progress=None):
+def build(model_path, image_path, out_path, force=False, invert="auto", scale=None, progress=None,
+          weights=None):
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
+    # cheapest checks first: a wrong output path or a bad image is refused in a fraction of a
+    # second, before the model is read and TensorFlow is imported
     out = check_output(out_path, force)
+    image_mod.check_input(image_path)
+    model_mod.check_file(model_path, weights)
     say("reading the model")
-    loaded = model_mod.load(model_path)
+    loaded = model_mod.load(model_path, weights)
+    if len(loaded.input_shape) not in (1, 3):
+        raise XlcnnError(f"model {loaded.path} takes a rank-{len(loaded.input_shape)} input of shape "
+                         f"{_shape_text(loaded.input_shape)}; xlcnn writes 1-D inputs and 3-D image inputs "
+                         "(height, width, channels) for now: start the model from the shape its Reshape "
+                         "makes, e.g. Input((28, 28, 1))")
     writers = writers_for(loaded)          # every refusal happens here, before any file exists
     planned = limits.check(limits.estimate(loaded, writers))
     say(f"estimate: {planned.text()}")
@@ -112,7 +123,9 @@ def build(model_path, image_path, out_path, force=False, invert="auto", scale=No
         book = Book(tmp)
         stages = _write_stages(book, loaded, writers, prepared, layout, say)
         say("writing the overview")
-        predicted, probability = _write_overview(book, loaded, stages, prepared, Path(image_path), out)
+        is_probability = output_is_probability(stages[-1].writer)
+        predicted, probability = _write_overview(book, loaded, stages, prepared, Path(image_path), out,
+                                                 is_probability)
         _write_manifest(book, loaded, stages)
         _write_about(book, loaded, prepared, Path(model_path), Path(image_path), out, layout, invert, stages)
         sheets = len(book.wb.worksheets())
@@ -130,7 +143,17 @@ def build(model_path, image_path, out_path, force=False, invert="auto", scale=No
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
     return BuildResult(out, time.perf_counter() - started, sheets, formulas, constants, longest,
-                       out.stat().st_size, predicted, probability, prepared.steps, loaded.notes, planned)
+                       out.stat().st_size, predicted, probability, is_probability, prepared.steps, loaded.notes,
+                       planned)
+
+
+def output_is_probability(writer):
+    """True when the model's last layer gives probabilities (softmax or sigmoid), not raw scores."""
+    if writer is None:
+        return False
+    if writer.kind == "Softmax":
+        return True
+    return str(writer.config.get("activation", "")) in ("softmax", "sigmoid")
 
 
 def _step(i, total):
@@ -203,7 +226,7 @@ def _shape_text(shape):
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
 
-def _write_overview(book, loaded, stages, prepared, image_path, out):
+def _write_overview(book, loaded, stages, prepared, image_path, out, is_probability):
     """Prediction and class probabilities at the top left, the input picture and the bar chart
     beside them, then the model summary (with links) and how the input was preprocessed."""
     sheet = book.sheets["overview"]
@@ -223,27 +246,32 @@ def _write_overview(book, loaded, stages, prepared, image_path, out):
         probability = float(np.max(final.values))
         ws.write(3, 1, text("overview.prediction"), book.fmt_header)
         sheet.formula(3, 2, f"MATCH(MAX({col}),{col},0)-1", predicted, book.fmt_big)
-        ws.write(4, 1, text("overview.confidence"), book.fmt_header)
-        sheet.formula(4, 2, f"MAX({col})", probability, book.fmt_percent)
+        # probabilities as percentages; raw scores (no softmax/sigmoid at the end) as numbers
+        fmt = book.fmt_percent if is_probability else book.fmt_number
+        chart_title = text("overview.chart_title" if is_probability else "overview.chart_title_score")
+        ws.write(4, 1, text("overview.confidence" if is_probability else "overview.confidence_score"),
+                 book.fmt_header)
+        sheet.formula(4, 2, f"MAX({col})", probability, fmt)
         top = 7
         ws.write(top - 1, 1, text("overview.class_header"), book.fmt_header)
-        ws.write(top - 1, 2, text("overview.prob_header"), book.fmt_header)
+        ws.write(top - 1, 2, text("overview.prob_header" if is_probability else "overview.score_header"),
+                 book.fmt_header)
         for i, v in enumerate(final.values):
             ws.write_number(top + i, 1, i)
-            sheet.formula(top + i, 2, final.cell1(i), v, book.fmt_percent)
+            sheet.formula(top + i, 2, final.cell1(i), v, fmt)
         chart = book.wb.add_chart({"type": "bar"})
         chart.add_series({
-            "name": text("overview.chart_title"),
+            "name": chart_title,
             "categories": ["overview", top, 1, top + n - 1, 1],
             "values": ["overview", top, 2, top + n - 1, 2],
-            "data_labels": {"value": True, "num_format": "0.0%"},
+            "data_labels": {"value": True, "num_format": "0.0%" if is_probability else "0.000"},
             "fill": {"color": "#5B9BD5"},
             "gap": 40,
         })
-        chart.set_title({"name": text("overview.chart_title")})
+        chart.set_title({"name": chart_title})
         chart.set_legend({"none": True})
         chart.set_y_axis({"reverse": True})
-        chart.set_x_axis({"num_format": "0%", "min": 0, "max": 1})
+        chart.set_x_axis({"num_format": "0%", "min": 0, "max": 1} if is_probability else {"num_format": "0.0"})
         chart.set_size({"width": 480, "height": max(200, 60 + 22 * min(n, 20))})
         ws.insert_chart(3, 6, chart)
     ws.write(3, 4, text("overview.input_heading"), book.fmt_header)
@@ -334,6 +362,8 @@ def _write_about(book, loaded, prepared, model_path, image_path, out, layout, in
         ("created_utc", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")),
         ("model_path", rel(model_path)),
         ("model_sha256", loaded.digest),
+        *([("weights_path", rel(loaded.weights_path)), ("weights_sha256", loaded.weights_digest)]
+          if loaded.weights_path else []),
         ("model_loader", loaded.loader),
         ("keras_version", getattr(loaded.keras, "__version__", "")),
         ("image_path", rel(image_path)),

@@ -28,9 +28,11 @@ def _parser():
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     b = sub.add_parser("build", help="write the workbook for MODEL and IMAGE")
-    b.add_argument("model", help="a .keras or .h5 model file")
+    b.add_argument("model", help="a .keras or .h5 model file, or a .json architecture (with --weights)")
     b.add_argument("image", help="a png/jpg/bmp/gif image, or a .npy holding the model input")
     b.add_argument("-o", "--output", required=True, help="the .xlsx file to write")
+    b.add_argument("--weights", metavar="WEIGHTS.h5",
+                   help="the weights (model.save_weights) for a MODEL.json written by model.to_json()")
     b.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     b.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
                    help="invert the image (auto: for one-channel models when the ground is light)")
@@ -45,6 +47,8 @@ def _parser():
                    help="also write JUnit XML for CI: one testcase per stage and per workbook check")
     v.add_argument("--images", metavar="DIR", help="also run every image in DIR through the workbook")
     v.add_argument("--model", help="the model file (default: the one recorded in the workbook)")
+    v.add_argument("--weights", metavar="WEIGHTS.h5",
+                   help="the weights for a .json model (default: the ones recorded in the workbook)")
     v.add_argument("--image", help="compare for this input instead of the workbook's input cells")
     v.add_argument("--atol", type=float, default=None, help="absolute tolerance (default 1e-6)")
     v.add_argument("--rtol", type=float, default=None,
@@ -66,7 +70,7 @@ def _build(args):
     from .image import parse_scale
     scale = parse_scale(args.scale) if args.scale is not None else None
     result = build(args.model, args.image, args.output, force=args.force, invert=args.invert, scale=scale,
-                   progress=_progress(args.quiet))
+                   progress=_progress(args.quiet), weights=args.weights)
     if not args.quiet:
         for step in result.preprocessing:
             print(f"input: {step}")
@@ -75,7 +79,8 @@ def _build(args):
         if result.estimate is not None:
             print(f"estimate before writing: {result.estimate.text()}")
         if result.predicted is not None:
-            print(f"predicted class {result.predicted} (probability {result.probability:.4f})")
+            what = "probability" if result.output_is_probability else "score"
+            print(f"predicted class {result.predicted} ({what} {result.probability:.4f})")
         print(f"wrote {result.path}: {result.sheets} sheets, {result.formulas:,} formulas, "
               f"{result.constants:,} constants, longest formula {result.longest_formula:,} characters, "
               f"{result.bytes / 1e6:.2f} MB in {result.seconds:.1f} s")

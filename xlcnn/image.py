@@ -51,7 +51,7 @@ def spatial_shape(input_shape, layout):
     return h, w, c
 
 
-def prepare(path, input_shape, layout, invert="auto", scale=None, default_scale=1 / 255):
+def _check_path(path):
     path = Path(path)
     if not path.exists():
         raise XlcnnError(f"image file not found: {path}; check the path")
@@ -60,15 +60,14 @@ def prepare(path, input_shape, layout, invert="auto", scale=None, default_scale=
     if path.stat().st_size == 0:
         raise XlcnnError(f"image file {path} is empty")
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return _prepare_npy(path, input_shape)
-    if suffix not in IMAGE_SUFFIXES:
+    if suffix != ".npy" and suffix not in IMAGE_SUFFIXES:
         raise XlcnnError(f"image file {path} has the extension '{suffix}'; xlcnn reads "
                          f"{', '.join(sorted(IMAGE_SUFFIXES))} and .npy")
-    h, w, c = spatial_shape(input_shape, layout)
-    if c not in (1, 3):
-        raise XlcnnError(f"the model expects {c} input channels; an image gives 1 (grayscale) or 3 (RGB): "
-                         f"give the input as a .npy of shape {input_shape}")
+    return path
+
+
+def _open_image(path):
+    """Open and decode an image file, refusing decompression bombs from their header."""
     from PIL import Image, UnidentifiedImageError
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
@@ -84,6 +83,40 @@ def prepare(path, input_shape, layout, invert="auto", scale=None, default_scale=
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise XlcnnError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else 'not an image'}; "
                          "is it a valid PNG/JPEG/BMP/GIF?") from None
+    return img
+
+
+def _load_npy(path):
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise XlcnnError(f"cannot read {path} as a NumPy array: {str(exc).splitlines()[0]}") from None
+    if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
+        raise XlcnnError(f"{path} must hold finite numbers")
+    return arr
+
+
+def check_input(path):
+    """The cheap checks of an input file, made before the model is loaded (and TensorFlow imported):
+    it exists, has a known kind, and decodes (an image: not a decompression bomb)."""
+    path = _check_path(path)
+    if path.suffix.lower() == ".npy":
+        _load_npy(path)
+    else:
+        _open_image(path)
+    return path
+
+
+def prepare(path, input_shape, layout, invert="auto", scale=None, default_scale=1 / 255):
+    path = _check_path(path)
+    if path.suffix.lower() == ".npy":
+        return _prepare_npy(path, input_shape)
+    h, w, c = spatial_shape(input_shape, layout)
+    if c not in (1, 3):
+        raise XlcnnError(f"the model expects {c} input channels; an image gives 1 (grayscale) or 3 (RGB): "
+                         f"give the input as a .npy of shape {input_shape}")
+    from PIL import Image
+    img = _open_image(path)
     steps = [f"read {path.name}: {img.width}×{img.height} {img.format} ({img.mode})"]
     source_size = (img.width, img.height)
     if getattr(img, "n_frames", 1) > 1:
@@ -137,17 +170,12 @@ def _decide_invert(pixels, channels, invert):
 
 
 def _prepare_npy(path, input_shape):
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise XlcnnError(f"cannot read {path} as a NumPy array: {str(exc).splitlines()[0]}") from None
+    arr = _load_npy(path)
     if arr.shape == (1, *input_shape):
         arr = arr[0]
     if arr.shape != tuple(input_shape):
         raise XlcnnError(f"{path} holds an array of shape {arr.shape}; the model expects {tuple(input_shape)} "
                          f"(or {(1, *input_shape)} with the batch axis)")
-    if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
-        raise XlcnnError(f"{path} must hold finite numbers")
     steps = [f"read {path.name}: array {arr.shape} {arr.dtype}, used as is (no resizing, inversion or scaling)"]
     preview = None
     if arr.ndim == 3:

@@ -84,6 +84,8 @@ class LoadedModel:
     input_shape: tuple       # without the batch axis
     digest: str = ""
     notes: list = field(default_factory=list)
+    weights_path: Path | None = None   # the weights file of a JSON architecture
+    weights_digest: str = ""
 
     def layer_outputs(self, x):
         """Every chain layer's output for a batch x, as float64 arrays keyed by layer name."""
@@ -93,23 +95,46 @@ class LoadedModel:
         outputs = {}
         for layer, reads in self.graph:
             args = [tensors[name] for name in reads]
-            t = layer(args if len(args) > 1 else args[0], training=False)
+            try:
+                t = layer(args if len(args) > 1 else args[0], training=False)
+            except Exception as exc:
+                if "NHWC" in str(exc):
+                    raise XlcnnError(cannot_run_channels_first(layer)) from None
+                raise
             tensors[layer.name] = t
             outputs[layer.name] = np.asarray(t, dtype=np.float64)
         return outputs
 
 
+def cannot_run_channels_first(layer):
+    """The one line for a channels_first layer this machine's TensorFlow cannot run."""
+    setting = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    why = (f"TF_ENABLE_ONEDNN_OPTS={setting} in your environment turns oneDNN off"
+           if setting not in (None, "1", "true", "True") else
+           "TensorFlow here was started without oneDNN (imported before xlcnn, or a build without it)")
+    return (f"layer '{layer.name}' ({type(layer).__name__}, channels_first) cannot run on this machine's CPU: "
+            f"TensorFlow computes channels_first layers on the CPU only through oneDNN, and {why}; "
+            "unset TF_ENABLE_ONEDNN_OPTS or set it to 1 (or run on a GPU)")
+
+
 def _config_text(path):
     """The model's architecture JSON as text, read without building anything."""
-    if path.suffix.lower() == ".keras":
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return path.read_text(encoding="utf-8", errors="replace")
+    if suffix == ".keras":
         with zipfile.ZipFile(path) as zf:
+            if "config.json" not in zf.namelist():
+                raise XlcnnError(f"model file {path} is a zip without config.json, not a .keras model; "
+                                 "is it the right file?")
             return zf.read("config.json").decode("utf-8", "replace")
     import h5py
     with h5py.File(path, "r") as fh:
         cfg = fh.attrs.get("model_config")
         if cfg is None:
-            raise XlcnnError(f"model file {path} holds weights only (no architecture); "
-                             "save the whole model with model.save(...)")
+            raise XlcnnError(f"model file {path} holds weights only (no architecture); give the architecture "
+                             f"too: xlcnn build MODEL.json INPUT --weights {path} (MODEL.json as written by "
+                             "model.to_json()), or save the whole model with model.save('model.keras')")
         return cfg.decode("utf-8") if isinstance(cfg, bytes) else str(cfg)
 
 
@@ -129,8 +154,17 @@ def _class_names(config_text):
     return names
 
 
-def check_file(path):
-    """Refuse what is not a model file, before any loader touches it."""
+def _check_hdf5(path, what):
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head != HDF5_SIGNATURE:
+        kind = "empty" if not head else "not an HDF5 file"
+        raise XlcnnError(f"{what} {path} is {kind}; an .h5 file starts with the HDF5 signature. "
+                         "Is it the right file?")
+
+
+def check_file(path, weights=None):
+    """Refuse what is not a model file (or JSON architecture + weights pair), before any loader runs."""
     path = Path(path)
     if not path.exists():
         raise XlcnnError(f"model file not found: {path}; check the path")
@@ -138,51 +172,77 @@ def check_file(path):
         raise XlcnnError(f"model path {path} is a folder (a TensorFlow SavedModel?); "
                          "xlcnn reads .keras and .h5 files: save with model.save('model.keras')")
     suffix = path.suffix.lower()
-    if suffix not in (".keras", ".h5", ".hdf5"):
-        raise XlcnnError(f"model file {path} has the extension '{suffix}'; xlcnn reads .keras and .h5 files")
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-    if suffix == ".keras" and not zipfile.is_zipfile(path):
-        raise XlcnnError(f"model file {path} is not a .keras archive (not a zip file); "
-                         "is it the right file, or was it truncated?")
-    if suffix != ".keras" and head != HDF5_SIGNATURE:
-        kind = "empty" if not head else "not an HDF5 file"
-        raise XlcnnError(f"model file {path} is {kind}; an .h5 model starts with the HDF5 signature. "
-                         "Is it the right file?")
+    if suffix not in (".keras", ".h5", ".hdf5", ".json"):
+        raise XlcnnError(f"model file {path} has the extension '{suffix}'; xlcnn reads .keras and .h5 files, "
+                         "or a .json architecture with --weights WEIGHTS.h5")
+    if suffix == ".json":
+        if weights is None:
+            raise XlcnnError(f"model file {path} is an architecture without weights; pass its weights too: "
+                             f"--weights WEIGHTS.h5 (as written by model.save_weights)")
+        weights = Path(weights)
+        if not weights.exists():
+            raise XlcnnError(f"weights file not found: {weights}; check --weights")
+        if weights.is_dir():
+            raise XlcnnError(f"weights path {weights} is a folder; give the .h5 file written by save_weights")
+        _check_hdf5(weights, "weights file")
+        return path
+    if weights is not None:
+        raise XlcnnError(f"--weights is for a .json architecture file; {path} already holds its weights: "
+                         "leave --weights out")
+    if suffix == ".keras":
+        if not zipfile.is_zipfile(path):
+            raise XlcnnError(f"model file {path} is not a .keras archive (not a zip file); "
+                             "is it the right file, or was it truncated?")
+    else:
+        _check_hdf5(path, "model file")
     return path
 
 
-def load(path):
-    path = check_file(path)
+def load(path, weights=None):
+    """Load a .keras/.h5 model, or a JSON architecture with its weights file, with Keras 3 and then
+    (for files written by Keras 2: .h5, the Keras-2 .keras format, Keras 2 JSON) with tf_keras."""
+    path = check_file(path, weights)
     try:
-        names = _class_names(_config_text(path))
+        text = _config_text(path)
+        names = _class_names(text)
     except XlcnnError:
         raise
-    except Exception as exc:  # a truncated or damaged file
+    except Exception as exc:  # a truncated or damaged file, or a JSON file that is not JSON
         raise XlcnnError(f"cannot read the architecture in {path}: {_first_line(exc)}; "
                          "the file may be truncated or damaged") from None
     if "Lambda" in names:
         raise XlcnnError(f"model {path} contains a Lambda layer (arbitrary Python code); xlcnn does not "
                          "run code from model files: replace the Lambda with standard layers")
+    if path.suffix.lower() == ".json" and not names:
+        raise XlcnnError(f"{path} is JSON but not a Keras model architecture (no class_name); give the file "
+                         "written by model.to_json()")
     errors = []
     for loader in ("keras", "tf_keras"):
-        if loader == "tf_keras" and path.suffix.lower() == ".keras":
-            break
         try:
             module = quiet_keras(loader)
         except ImportError:
             errors.append(f"{loader} is not installed (pip install {loader})")
             continue
         try:
-            model = module.models.load_model(str(path), compile=False)
+            if weights is None:
+                model = module.models.load_model(str(path), compile=False)
+            else:
+                model = module.models.model_from_json(text)
+                model.load_weights(str(weights))
         except Exception as exc:
             errors.append(f"{loader}: {_first_line(exc)}")
             continue
         loaded = _walk(path, model, module, loader)
+        if weights is not None:
+            loaded.weights_path = Path(weights)
+            loaded.weights_digest = sha256(weights)
         if errors:
-            loaded.notes.append(f"loaded with {loader} (Keras 3 could not: {errors[0]})")
+            first = errors[0].split(": ", 1)[-1]
+            loaded.notes.append(f"loaded with {loader}, the Keras 2 API (Keras 3 could not: "
+                                f"{first[:100] + '…' if len(first) > 100 else first})")
         return loaded
-    raise XlcnnError(f"cannot load model {path}: " + "; ".join(errors))
+    raise XlcnnError(f"cannot load model {path}" + (f" with weights {weights}" if weights else "") + ": "
+                     + "; ".join(errors))
 
 
 def _first_line(exc):

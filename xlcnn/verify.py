@@ -136,27 +136,43 @@ def read_contract(book, path):
     return entries, about
 
 
-def _resolve_model(path, about, model_arg):
+def _recorded_file(path, about, key, what, option):
+    """A file the about sheet records relative to the workbook (model_path, weights_path)."""
+    recorded = about.get(key)
+    if not recorded:
+        return None
+    found = Path(recorded)
+    if not found.is_absolute():
+        found = (Path(path).resolve().parent / found).resolve()
+    if not found.exists():
+        raise XlcnnError(f"the {what} this workbook was built from ({recorded}, relative to the workbook) is not "
+                         f"there; pass it with {option}")
+    return found
+
+
+def _resolve_model(path, about, model_arg, weights_arg=None):
+    """(model file, weights file or None, notes) for the model the workbook was built from."""
     from .model import sha256
     if model_arg:
         model = Path(model_arg)
         if not model.exists():
             raise XlcnnError(f"model file not found: {model}; check --model")
-        return model, []
-    recorded = about.get("model_path")
-    if not recorded:
+        weights = Path(weights_arg) if weights_arg else None
+        if weights is None and model.suffix.lower() == ".json":
+            weights = _recorded_file(path, about, "weights_path", "weights file", "--weights WEIGHTS.h5")
+        return model, weights, []
+    model = _recorded_file(path, about, "model_path", "model", "--model MODEL")
+    if model is None:
         raise XlcnnError(f"{path} does not record its model; pass it with --model MODEL")
-    model = Path(recorded)
-    if not model.is_absolute():
-        model = (Path(path).resolve().parent / model).resolve()
-    if not model.exists():
-        raise XlcnnError(f"the model this workbook was built from ({recorded}, relative to the workbook) is not "
-                         f"there; pass it with --model MODEL")
+    weights = (Path(weights_arg) if weights_arg else
+               _recorded_file(path, about, "weights_path", "weights file", "--weights WEIGHTS.h5"))
     notes = []
-    digest = about.get("model_sha256")
-    if digest and sha256(model) != digest:
-        notes.append(f"model file {model} differs from the one the workbook was built from (sha256)")
-    return model, notes
+    for key, file in (("model_sha256", model), ("weights_sha256", weights)):
+        digest = about.get(key)
+        if file is not None and digest and sha256(file) != digest:
+            notes.append(f"{'model' if key == 'model_sha256' else 'weights'} file {file} differs from the one "
+                         "the workbook was built from (sha256)")
+    return model, weights, notes
 
 
 # -- comparing ----------------------------------------------------------------------------------
@@ -289,7 +305,7 @@ def check_cached(book, values_of):
 # -- the whole check ----------------------------------------------------------------------------
 
 def verify(workbook, model=None, image=None, atol=None, rtol=None, engine="numpy", images_dir=None,
-           progress=None):
+           progress=None, weights=None):
     from .formula import FormulaError, evaluate
     from .model import load
     say = progress or (lambda _m: None)
@@ -299,11 +315,11 @@ def verify(workbook, model=None, image=None, atol=None, rtol=None, engine="numpy
     say("reading the workbook")
     book = _open(path)
     entries, about = read_contract(book, path)
-    model_path, notes = _resolve_model(path, about, model)
+    model_path, weights_path, notes = _resolve_model(path, about, model, weights)
     report = Report(str(path), str(model_path), engine, atol=atol, rtol=rtol, notes=notes,
                     formulas=len(book.formulas))
     say("loading the model")
-    loaded = load(model_path)
+    loaded = load(model_path, weights_path)
     input_layer = mf.layers(entries)[0]
     layer_names = [l.name for l in loaded.layers]
     missing = [n for n in layer_names if n not in mf.layers(entries)]
@@ -688,7 +704,8 @@ def run_cli(args, progress=None):
                     raise XlcnnError(f"{other} and {option} name the same file {path}; give two names")
             outputs[option] = path
     report = verify(args.workbook, model=args.model, image=args.image, atol=args.atol, rtol=args.rtol,
-                    engine=args.engine, images_dir=args.images, progress=progress)
+                    engine=args.engine, images_dir=args.images, progress=progress,
+                    weights=getattr(args, "weights", None))
     if not args.quiet:
         print(format_report(report))
     if os.environ.get("GITHUB_ACTIONS") == "true":
