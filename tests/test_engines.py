@@ -14,7 +14,8 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import SAMPLES, assert_matches_keras, check_case, keras, random_input, stage_values, write_input_cells
+from conftest import (SAMPLES, assert_excel_opens_cleanly, assert_matches_keras, check_case, keras, random_input,
+                      stage_values, write_input_cells)
 
 # Gnumeric's xlsx has no default cell style; openpyxl says so when it reads the recalculated copy
 pytestmark = pytest.mark.filterwarnings("ignore:Workbook contains no default style")
@@ -147,6 +148,11 @@ def test_one_cell_sums_are_products_that_equal_keras(cases):
     assert first["06 conv_on_1x1 c0"].startswith("'05 pool c0'!B5*'06 conv_on_1x1 w'!$E$6+")
     assert first["09 probs"].startswith("'08 one'!$B$5*'09 probs w'!"), first["09 probs"]
     check_case(case, "book")   # cached values and xlcnn verify agree with Keras
+
+
+@pytest.mark.parametrize("name", ["same_conv_pool", "channels_first", "branching", "pointwise", "lenet"])
+def test_excel_would_not_repair_the_workbook(cases, name):
+    assert_excel_opens_cleanly(cases[name]["book"])
 
 
 @needs_gnumeric

@@ -10,7 +10,8 @@ import shutil
 
 import pytest
 
-from conftest import assert_matches_keras, build_cases, keras, needs_libreoffice, stage_values, write_input_cells
+from conftest import (assert_excel_opens_cleanly, assert_matches_keras, build_cases, keras, needs_libreoffice,
+                      stage_values, write_input_cells)
 
 NAMES = ["conv'quote", "a[1]:b?*", "日本語の畳み込み層という非常に長い名前の層です", "x" * 40, "X" * 40,
          "Pool 1", "pool 1", "it's", "IT’S"]
@@ -67,6 +68,7 @@ def test_workbook_verifies(built):
     from xlcnn.verify import verify
     report = verify(built["hostile"]["book"])
     assert report.passed, (report.first_failure, report.lint[:3])
+    assert_excel_opens_cleanly(built["hostile"]["book"])
 
 
 def test_cached_values_equal_keras(built):
@@ -82,6 +84,7 @@ def test_libreoffice_parses_and_recalculates_every_formula(built):
 
 
 @pytest.mark.skipif(shutil.which("ssconvert") is None, reason="Gnumeric (ssconvert) is not installed")
+@pytest.mark.filterwarnings("ignore:Workbook contains no default style")   # Gnumeric's xlsx, read by openpyxl
 def test_gnumeric_parses_and_recalculates_every_formula(built, tmp_path):
     from xlcnn.gnumeric import recalculate
     from xlcnn.model import load
