@@ -1,16 +1,24 @@
-"""Verify benchmark on the LeNet-size model: xlcnn's NumPy evaluation against LibreOffice's hard
-recalculation, and images per second for a batch pushed through the workbook's own formulas.
+"""Verify benchmark (issue #12): xlcnn verify against LibreOffice's hard recalculation on the
+LeNet-size model and on the seed CIFAR-10 network, and images per second through the workbook's
+own formulas against Keras predict.  Every figure is printed next to its reference and goal,
+measured in the same run (the machine is shared: read the ratios, not the seconds).
 
-    python bench/bench_verify.py [--images 200]
+    python bench/bench_verify.py [--images 200] [--only lenet-size|cifar] [--no-libreoffice]
 
-Prints figures; asserts nothing. (bench/bench_evaluator.py compares against the `formulas` package.)
+The floor is importing Keras and loading the model, timed in a fresh process; "verify minus
+floor" is a fresh process running the whole `verify()` minus that floor.  Peak memory is the
+verify process's own peak RSS (TensorFlow included).  Prints figures; asserts nothing.
+(bench/bench_evaluator.py compares the engine alone against the `formulas` package.)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,59 +31,163 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+GOAL_SPEEDUP = 10.0      # verify minus floor vs LibreOffice's hard recalculation
+GOAL_PEAK_MB = 1500.0    # verify's peak memory on the seed CIFAR-10 workbook
+GOAL_IMAGES = 0.5        # images/s through the formulas, as a fraction of Keras predict's
+
+
+def seed_cifar(path):
+    """The seed CIFAR-10 network with random weights: conv 32, 32, pool, conv 64, 64, pool,
+    dense 512, dense 10 on 32x32x3 (2.2 M parameters)."""
+    from xlcnn.model import quiet_keras
+    keras = quiet_keras()
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    model = keras.Sequential([
+        keras.Input((32, 32, 3)),
+        L.Conv2D(32, 3, padding="same", activation="relu", name="conv1"),
+        L.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
+        L.MaxPooling2D(2, name="pool1"),
+        L.Conv2D(64, 3, padding="same", activation="relu", name="conv3"),
+        L.Conv2D(64, 3, padding="same", activation="relu", name="conv4"),
+        L.MaxPooling2D(2, name="pool2"),
+        L.Flatten(name="flatten"),
+        L.Dense(512, activation="relu", name="fc1"),
+        L.Dense(10, activation="softmax", name="fc2"),
+    ])
+    model.save(str(path))
+    return path
+
+
+# --------------------------------------------------------------------------- child processes
+
+def child(args):
+    """Run in a fresh process: 'floor' times import + load; 'verify' the whole verify too."""
+    t0 = time.perf_counter()
+    from xlcnn.model import load
+    load(args.model)
+    floor = time.perf_counter() - t0
+    out = {"floor": floor}
+    if args.child == "verify":
+        from xlcnn.verify import verify
+        t = time.perf_counter()
+        report = verify(args.workbook, model=args.model)
+        out.update(verify=time.perf_counter() - t, evaluate=report.evaluate_seconds,
+                   passed=report.passed, formulas=report.formulas, total=time.perf_counter() - t0,
+                   peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        t = time.perf_counter()
+        from xlcnn.formula import evaluate, read_workbook
+        book = read_workbook(args.workbook)
+        out["read"] = time.perf_counter() - t
+        t = time.perf_counter()
+        evaluate(book)
+        out["engine_evaluate"] = time.perf_counter() - t
+    else:
+        out["total"] = floor
+    print("BENCH " + json.dumps(out))
+
+
+def run_child(kind, workbook, model):
+    cmd = [sys.executable, __file__, "--child", kind, "--workbook", str(workbook), "--model", str(model)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("BENCH "))
+    return json.loads(line[6:])
+
+
+# --------------------------------------------------------------------------- the run
+
+def row(name, value, reference, ratio, goal, ok):
+    print(f"  {name:<44} {value:>12} {reference:>14} {ratio:>9} {goal:>10}  {'met' if ok else 'NOT met'}")
+
+
+def bench_model(name, model, image, tmp, use_lo):
+    from xlcnn.build import build
+    from xlcnn.libreoffice import recalculate, soffice
+    book_path = tmp / f"{name}.xlsx"
+    result = build(model, image, book_path, force=True)
+    print(f"\n{name}: {result.formulas:,} formulas, {result.constants:,} constants, {result.sheets} sheets")
+    floor = min(run_child("floor", book_path, model)["floor"] for _ in range(2))
+    v = run_child("verify", book_path, model)
+    net = v["total"] - floor
+    print(f"  floor (import Keras + load model) {floor:.2f} s; verify {v['verify']:.2f} s (passed={v['passed']}); "
+          f"engine alone: read {v['read']:.2f} s + evaluate {v['engine_evaluate']:.2f} s")
+    lo = None
+    if use_lo and soffice():
+        t = time.perf_counter()
+        recalculate([book_path], tmp / f"lo-{name}")
+        lo = time.perf_counter() - t
+    print(f"  {'figure':<44} {'xlcnn':>12} {'reference':>14} {'ratio':>9} {'goal':>10}")
+    if lo is not None:
+        row("verify minus floor vs LibreOffice hard recalc", f"{net:.2f} s", f"{lo:.2f} s",
+            f"{lo / net:.1f}x", f">= {GOAL_SPEEDUP:.0f}x", lo / net >= GOAL_SPEEDUP)
+    else:
+        print(f"  verify minus floor: {net:.2f} s (LibreOffice not run)")
+    row("verify peak memory (process RSS)", f"{v['peak_mb']:.0f} MB", "", "",
+        f"< {GOAL_PEAK_MB:.0f} MB", v["peak_mb"] < GOAL_PEAK_MB)
+    return book_path
+
+
+def bench_images(book_path, model, count, tmp):
+    from PIL import Image
+
+    from xlcnn.model import load
+    from xlcnn.verify import verify
+    rng = np.random.default_rng(0)
+    folder = tmp / "images"
+    folder.mkdir(exist_ok=True)
+    digits = sorted((ROOT / "samples" / "digits").glob("*.png"))
+    for i in range(count):
+        img = Image.open(digits[i % len(digits)]).convert("L").resize((28, 28))
+        img = np.asarray(img, dtype=np.float64)
+        noisy = np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(folder / f"img_{i:04d}.png")
+    report = verify(book_path, model=model, images_dir=folder)
+    ours = report.images / report.batch_seconds
+    loaded = load(model)
+    x = np.stack([np.asarray(Image.open(p).convert("L"), np.float32)[..., None] / 255.0
+                  for p in sorted(folder.glob("*.png"))])
+    keras_model = loaded.model if hasattr(loaded, "model") else loaded
+    keras_model.predict(x[:8], verbose=0)  # warm-up (shapes as the workbook's input: 28x28x1)
+    t = time.perf_counter()
+    keras_model.predict(x, verbose=0)
+    theirs = count / (time.perf_counter() - t)
+    print(f"\n{count} images through the LeNet-size workbook's formulas (top-1 agreement "
+          f"{report.top1_agreement:.1%}, worst error/scale {report.batch_worst_error:.1e})")
+    print(f"  {'figure':<44} {'xlcnn':>12} {'reference':>14} {'ratio':>9} {'goal':>10}")
+    row("images/s vs Keras predict", f"{ours:,.0f}/s", f"{theirs:,.0f}/s", f"{ours / theirs:.2f}",
+        f">= {GOAL_IMAGES}", ours / theirs >= GOAL_IMAGES)
+
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--only", choices=["lenet-size", "cifar"])
+    ap.add_argument("--no-libreoffice", action="store_true")
+    ap.add_argument("--child", choices=["floor", "verify"], help=argparse.SUPPRESS)
+    ap.add_argument("--workbook", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        return child(args)
     from bench_build import lenet_size
     from PIL import Image
 
-    from xlcnn.build import build
-    from xlcnn.formula import evaluate, read_workbook
-    from xlcnn.libreoffice import recalculate, soffice
-    from xlcnn.verify import verify
-
     tmp = Path(tempfile.mkdtemp(prefix="xlcnn-bench-verify-"))
-    model = lenet_size(tmp / "lenet_size.keras")
-    book_path = tmp / "lenet_size.xlsx"
-    build(model, ROOT / "samples" / "digits" / "digit_7.png", book_path)
-
-    t = time.perf_counter()
-    book = read_workbook(book_path)
-    read_s = time.perf_counter() - t
-    t = time.perf_counter()
-    evaluate(book)
-    eval_s = time.perf_counter() - t
-    print(f"LeNet-size workbook: {len(book.formulas):,} formulas")
-    print(f"xlcnn read:     {read_s:6.2f} s")
-    print(f"xlcnn evaluate: {eval_s:6.2f} s   (read + evaluate {read_s + eval_s:.2f} s)")
-    if soffice():
-        t = time.perf_counter()
-        recalculate([book_path], tmp / "lo")
-        lo_s = time.perf_counter() - t
-        print(f"LibreOffice hard recalculation (start, load, recalc, save): {lo_s:6.2f} s")
-        print(f"speed-up, read + evaluate vs LibreOffice: {lo_s / (read_s + eval_s):.1f}x")
-    t = time.perf_counter()
-    report = verify(book_path)
-    print(f"whole verify (model load, read, evaluate, Keras, compare): {time.perf_counter() - t:.2f} s; "
-          f"passed={report.passed}")
-
-    rng = np.random.default_rng(0)
-    folder = tmp / "images"
-    folder.mkdir()
-    digits = sorted((ROOT / "samples" / "digits").glob("*.png"))
-    for i in range(args.images):
-        img = np.asarray(Image.open(digits[i % len(digits)]).convert("L"), dtype=np.float64)
-        noisy = np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(noisy).save(folder / f"img_{i:04d}.png")
-    t = time.perf_counter()
-    report = verify(book_path, images_dir=folder)
-    total = time.perf_counter() - t
-    print(f"batch of {report.images} images: formulas evaluated for all in {report.batch_seconds:.2f} s "
-          f"({report.images / report.batch_seconds:,.0f} images/s); whole verify {total:.1f} s; "
-          f"top-1 agreement {report.top1_agreement:.1%}, worst error/scale {report.batch_worst_error:.1e}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if args.only in (None, "lenet-size"):
+            model = lenet_size(tmp / "lenet_size.keras")
+            book = bench_model("lenet-size", model, ROOT / "samples" / "digits" / "digit_7.png", tmp,
+                               not args.no_libreoffice)
+            if args.images:
+                bench_images(book, model, args.images, tmp)
+        if args.only in (None, "cifar"):
+            model = seed_cifar(tmp / "seed_cifar.keras")
+            image = tmp / "cifar_input.png"
+            pixels = (np.random.default_rng(1).random((32, 32, 3)) * 255).astype(np.uint8)
+            Image.fromarray(pixels).save(image)
+            bench_model("seed-cifar10", model, image, tmp, not args.no_libreoffice)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

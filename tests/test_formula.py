@@ -715,3 +715,119 @@ def test_agrees_with_libreoffice_recalculation(tmp_path):
     for key, cached in book.cached.items():
         assert res.value(*key) == pytest.approx(cached, rel=1e-12, abs=1e-12)
     np.testing.assert_allclose(res.block("out", 2, 3, 6, 7), conv_ref(x, k), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- grouping and fusion
+
+import importlib  # noqa: E402
+
+evaluate_module = importlib.import_module("xlcnn.formula.evaluate")
+from xlcnn.formula.grouping import group_formulas, skeleton  # noqa: E402
+from xlcnn.formula.parser import SPLIT, col_index  # noqa: E402
+
+
+def group_one_by_one(texts):
+    """Every formula its own group, its references read by the tokenizer: the reference the
+    vectorised engine must agree with."""
+    out = {}
+    for i, text in enumerate(texts):
+        refs = [m for m in SPLIT.finditer(text) if m.group(3) is not None]
+        rows = np.array([[int(m.group(5)) - 1 for m in refs]], np.int64).reshape(1, -1)
+        cols = np.array([[col_index(m.group(3)) for m in refs]], np.int64).reshape(1, -1)
+        out[("one", i)] = [(np.array([i]), rows, cols)]
+    return {tuple(skeleton(texts[k[1]])) + (k,): v for k, v in out.items()}
+
+
+def evaluate_one_by_one(book, monkeypatch, overrides=None):
+    """Evaluate with every cell in its own class (no grouping, no shared matrix product)."""
+    with monkeypatch.context() as m:
+        m.setattr(evaluate_module, "group_formulas", group_one_by_one)
+        m.setattr(evaluate_module, "parse", lambda key: parse(list(key[:-1])))
+        book._program = None
+        res = evaluate(book, overrides=overrides)
+    book._program = None
+    return res
+
+
+def test_grouping_reads_references_like_the_tokenizer():
+    texts = ["A1+$B$2*C$3", "A2+$B$2*C$3", "AB10+$B$2*ZZ$3", "A1+B2*C3", "$A1+B2*C3", "B1+$B$2*C$3",
+             "SUM(A1:B2)", "SUM(A10:B20)", "MAX(A1:B2)", "ABS(A1)", "EXP(A1)", "EXP(A9)", "LOG10(A1)",
+             "LOG(A10)", "'s 1'!A1+1", "'s 2'!A1+1", "'日本'!B7*2", "'日本'!C8*2", "A1*2", "A2*3",
+             "\"A1\"&B2", "\"A2\"&B2", "1.5+A1", "15+A1", "A1+15"]
+    groups = group_formulas(texts)
+    seen = []
+    for key, chunks in groups.items():
+        for idx, rows, cols in chunks:
+            for i, r, c in zip(idx.tolist(), rows, cols):
+                text = texts[i]
+                assert skeleton(text) == key, text
+                refs = [m for m in SPLIT.finditer(text) if m.group(3) is not None]
+                assert r.tolist() == [int(m.group(5)) - 1 for m in refs], text
+                assert c.tolist() == [col_index(m.group(3)) for m in refs], text
+                seen.append(i)
+    assert sorted(seen) == list(range(len(texts)))
+    # the same shape with other letters and digits is one group; other functions are not
+    assert sum(len(idx) for idx, _, _ in groups[skeleton("A1+$B$2*C$3")]) == 4
+    assert skeleton("ABS(A1)") != skeleton("EXP(A1)")
+
+
+def test_vectorised_equals_one_by_one_on_hand_written_formulas(tmp_path, monkeypatch):
+    g = np.random.default_rng(7)
+    x, k = g.normal(size=(7, 8)), g.normal(size=(2, 3, 3))
+    sheets = {"in": {}, "w": {"A1": 0.5, "A2": -0.25}, "o1": {}, "o2": {}, "mix": {}}
+    for r in range(7):
+        for c in range(8):
+            sheets["in"][xl_rowcol_to_cell(r, c)] = x[r, c]
+    for ch in range(2):
+        for r in range(3):
+            for c in range(3):
+                sheets["w"][xl_rowcol_to_cell(4 * ch + 4 + r, 1 + c)] = k[ch, r, c]
+    for ch, out in enumerate(("o1", "o2")):  # one convolution formula on two sheets
+        wr = 4 * ch + 4
+        ker = f"w!$B${wr + 1}:$D${wr + 3}"
+        for r in range(5):
+            for c in range(6):
+                win = f"in!{xl_rowcol_to_cell(r, c)}:{xl_rowcol_to_cell(r + 2, c + 2)}"
+                half = f"in!{xl_rowcol_to_cell(r, c)}:{xl_rowcol_to_cell(r + 2, c)}"
+                sheets[out][xl_rowcol_to_cell(r, c)] = (
+                    f"=SUMPRODUCT({win},{ker})+w!$A${ch + 1}+SUMPRODUCT({half},w!$B${wr + 1}:$B${wr + 3})")
+    for r in range(5):  # mixed absolute and relative references, a running sum, a text range
+        sheets["mix"][f"A{r + 1}"] = f"=$B$1*in!A{r + 1}+in!$C{r + 2}*in!D$1"
+        sheets["mix"][f"B{r + 2}"] = f"=SUM(mix!$A$1:A{r + 1})"
+        sheets["mix"][f"C{r + 1}"] = f"=SUMPRODUCT(mix!E1:E3,in!A{r + 1}:A{r + 3})+SUMPRODUCT(in!B1:B3,in!C1:C3)"
+    sheets["mix"].update({"B1": 2.0, "E1": 1.5, "E2": "text", "E3": True})
+    book = make_book(tmp_path, sheets)
+    fast = evaluate(book)
+    classes = book._program.classes
+    assert sum(c.hosts is not None for c in classes) >= 1  # o1 and o2 together
+    plans = [c.gather.get("dot") for c in classes if "dot" in c.gather]
+    assert any(p is not False and p[2] for p in plans)  # a matrix product was used...
+    assert any(p is False for p in plans)  # ...and the text range fell back to SUMPRODUCT
+    slow = evaluate_one_by_one(book, monkeypatch)
+    for sheet, (r1, c1) in {"o1": (4, 5), "o2": (4, 5), "mix": (5, 2)}.items():
+        np.testing.assert_allclose(fast.block(sheet, 0, 0, r1, c1), slow.block(sheet, 0, 0, r1, c1),
+                                   rtol=1e-13, atol=1e-13)
+    # and against NumPy: text and TRUE in a SUMPRODUCT range count as 0
+    want = x[0:3, 0] @ np.array([1.5, 0, 0]) + x[0:3, 1] @ x[0:3, 2]
+    assert fast.value("mix", 0, 2) == pytest.approx(want, rel=1e-13)
+    xb = np.stack([x[0, 0] + np.arange(3.0)])[0]
+    fast_b = evaluate(book, overrides={("in", 0, 0): xb})
+    slow_b = evaluate_one_by_one(book, monkeypatch, overrides={("in", 0, 0): xb})
+    np.testing.assert_allclose(fast_b.block("o1", 0, 0, 4, 5), slow_b.block("o1", 0, 0, 4, 5), rtol=1e-13)
+
+
+def test_vectorised_equals_one_by_one_on_an_xlcnn_workbook(tmp_path, monkeypatch):
+    pytest.importorskip("tensorflow")
+    from pathlib import Path
+
+    from xlcnn.build import build
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "lenet.xlsx"
+    build(root / "samples" / "lenet.keras", root / "samples" / "digits" / "digit_3.png", out)
+    book = read_workbook(out)
+    fast = evaluate(book)
+    assert len(book._program.classes) < len(book.formulas) / 50
+    slow = evaluate_one_by_one(book, monkeypatch)
+    for (sheet, r, c) in book.formulas:
+        a, b = fast.value(sheet, r, c), slow.value(sheet, r, c)
+        assert a == pytest.approx(b, rel=1e-11, abs=1e-12), cell_name(sheet, r, c)

@@ -245,6 +245,7 @@ class _Cells:
     """What a worksheet holds, before interpretation: numeric cells in bulk, the rest listed."""
 
     def __init__(self):
+        self.formulas = []  # (rows, cols, texts, cached) of plain formula cells, per chunk
         self.num = []     # list of (rows, cols, values) arrays, one per chunk
         self.special = []  # (row, col, t, f_element_str_or_None, v_str_or_None, rest_str)
 
@@ -297,6 +298,40 @@ def _numeric_block(chunk):
     return rows, cols, np.fromiter(map(float, vals), np.float64, n)
 
 
+# A formula cell as XlsxWriter writes it: optional style, plain <f>, optional numeric <v>.
+_FCELL = re.compile(rb'<c r="([A-Z]{1,3})([0-9]{1,7})"(?: s="[0-9]+")?><f>([^<]*)</f>'
+                    rb'(?:<v>([-+.0-9Ee]*)</v>)?</c>')
+
+
+def _formula_cells(chunk, cells):
+    """Take the plain formula cells out of ``chunk`` in bulk; returns the rest of the XML."""
+    if b"<f>" not in chunk:
+        return chunk
+    parts = _FCELL.split(chunk)
+    n = (len(parts) - 1) // 5
+    if n == 0:
+        return chunk
+    letters, digits, texts, vs = (parts[k::5] for k in range(1, 5))
+    col_of = dict.fromkeys(letters)
+    for x in col_of:
+        col_of[x] = col_index(x.decode())
+    cols = np.fromiter(map(col_of.__getitem__, letters), np.int64, n)
+    rows = np.fromstring(b" ".join(digits), dtype=np.int64, sep=" ") - 1
+    blob = b"".join(texts)
+    if b"&" in blob or b"_x" in blob or not blob.isascii():
+        texts = [_text(t) for t in texts]
+    else:
+        texts = [t.decode() for t in texts]
+    if None in vs or b"" in vs:
+        cached = [_value("n", v, b"", ()) for v in vs]
+    else:
+        cached = np.fromstring(b" ".join(vs), sep=" ").tolist()
+        if len(cached) != n:
+            cached = [_value("n", v, b"", ()) for v in vs]
+    cells.formulas.append((rows.tolist(), cols.tolist(), texts, cached))
+    return b"".join(parts[0::5])
+
+
 def _scan_fast(data, cells):
     """Cut ``data`` with _CELL; False if some <c> element escaped the pattern."""
     start = 0
@@ -309,6 +344,7 @@ def _scan_fast(data, cells):
         if block is not None:
             cells.num.append(block)
             continue
+        chunk = _formula_cells(chunk, cells)
         parts = _CELL.split(chunk)
         n = (len(parts) - 1) // 7
         if n != chunk.count(b"<c ") + chunk.count(b"<c>"):
@@ -471,6 +507,11 @@ def _interpret(book, sheet, cells, strings):
         frows.append(row)
         fcols.append(col)
         ftexts.append(text)
+    for rows, cols, texts, cached in cells.formulas:
+        frows += rows
+        fcols += cols
+        ftexts += texts
+        book.cached.update(zip(zip(itertools.repeat(sheet), rows, cols), cached))
     for row, col, si in children:
         if si not in masters:
             raise FormulaError(f"shared formula si={si} has no master", cell_name(sheet, row, col))
@@ -478,8 +519,7 @@ def _interpret(book, sheet, cells, strings):
         frows.append(row)
         fcols.append(col)
         ftexts.append(shift(row - mrow, col - mcol))
-    for r, c, text in zip(frows, fcols, ftexts):
-        book.formulas[(sheet, r, c)] = text
+    book.formulas.update(zip(zip(itertools.repeat(sheet), frows, fcols), ftexts))
     book._fcells[sheet] = (frows, fcols, ftexts)
     # Constants and formulas beyond Excel's grid mean a malformed file, not a big sheet.
     rows, cols, _ = book._num[sheet]
