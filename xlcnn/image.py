@@ -1,9 +1,12 @@
-"""Turning an image file (or a .npy) into the model's input tensor, and saying what was done.
+"""Turning an input file into the model's input tensor, and saying what was done.
 
 Images: grayscale or RGB to match the model, transparency flattened onto white, resized to the
 model's height and width (Pillow, bilinear), optionally inverted (MNIST-style models want a light
 digit on a dark ground, people draw dark on light), scaled (default 1/255), channels placed on the
-axis the model expects.
+axis the model expects; a (height, width) model input without a channel axis gets one grayscale plane.
+Signals (`signals.py`): a .csv (one column per channel) or a .wav (PCM scaled to -1..1) for a model
+input of shape (steps,), (steps, channels) or, channels_first, (channels, steps).
+A .npy is the model input as is (a missing channel axis of size 1 is added).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import signals
 from .errors import XlcnnError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
@@ -29,6 +33,9 @@ class Prepared:
     inverted: bool = False
     scale: float = 1 / 255
     source_size: tuple | None = None
+    channel_names: list | None = None           # a CSV header's names (a WAV: left, right), per channel
+    sample_rate: int | None = None              # a WAV's samples per second
+    kind: str = "image"                         # image, npy, csv or wav
 
 
 def parse_scale(text):
@@ -40,10 +47,15 @@ def parse_scale(text):
 
 
 def spatial_shape(input_shape, layout):
-    """(height, width, channels) of a 3-D model input."""
+    """(height, width, channels) of a 3-D model input; (height, width, 1) of a 2-D one, a grayscale
+    image without the channel axis (as old MNIST tutorials have), whatever the layout."""
+    if len(input_shape) == 2:
+        h, w = input_shape
+        return h, w, 1
     if len(input_shape) != 3:
-        raise XlcnnError(f"the model's input has shape {input_shape}, not an image (height, width, channels); "
-                         "give the input as a .npy of that shape")
+        raise XlcnnError(f"the model's input has shape {tuple(input_shape)}, not an image (height, width, channels); "
+                         "give the input as a .npy of that shape" + (", a .csv (one column) or a .wav"
+                                                                   if len(input_shape) == 1 else ""))
     if layout == "channels_first":
         c, h, w = input_shape
     else:
@@ -54,15 +66,15 @@ def spatial_shape(input_shape, layout):
 def _check_path(path):
     path = Path(path)
     if not path.exists():
-        raise XlcnnError(f"image file not found: {path}; check the path")
+        raise XlcnnError(f"input file not found: {path}; check the path")
     if path.is_dir():
-        raise XlcnnError(f"image path {path} is a folder; give one image file")
+        raise XlcnnError(f"input path {path} is a folder; give one image or signal file")
     if path.stat().st_size == 0:
-        raise XlcnnError(f"image file {path} is empty")
+        raise XlcnnError(f"input file {path} is empty")
     suffix = path.suffix.lower()
-    if suffix != ".npy" and suffix not in IMAGE_SUFFIXES:
-        raise XlcnnError(f"image file {path} has the extension '{suffix}'; xlcnn reads "
-                         f"{', '.join(sorted(IMAGE_SUFFIXES))} and .npy")
+    if suffix != ".npy" and suffix not in IMAGE_SUFFIXES and suffix not in signals.SIGNAL_SUFFIXES:
+        raise XlcnnError(f"input file {path} has the extension '{suffix}'; xlcnn reads images "
+                         f"({', '.join(sorted(IMAGE_SUFFIXES))}), signals (.csv, .wav) and .npy")
     return path
 
 
@@ -98,10 +110,14 @@ def _load_npy(path):
 
 def check_input(path):
     """The cheap checks of an input file, made before the model is loaded (and TensorFlow imported):
-    it exists, has a known kind, and decodes (an image: not a decompression bomb)."""
+    it exists, has a known kind, and decodes (an image: not a decompression bomb; a CSV: every cell a
+    number, every row as long as the first; a WAV: uncompressed PCM, not truncated)."""
     path = _check_path(path)
-    if path.suffix.lower() == ".npy":
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
         _load_npy(path)
+    elif suffix in signals.SIGNAL_SUFFIXES:
+        signals.read_signal(path)
     else:
         _open_image(path)
     return path
@@ -109,8 +125,12 @@ def check_input(path):
 
 def prepare(path, input_shape, layout, invert="auto", scale=None, default_scale=1 / 255):
     path = _check_path(path)
-    if path.suffix.lower() == ".npy":
-        return _prepare_npy(path, input_shape)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return _prepare_npy(path, input_shape, layout)
+    if suffix in signals.SIGNAL_SUFFIXES:
+        return _prepare_signal(path, input_shape, layout, invert, scale)
+    plane = len(input_shape) == 2   # (height, width): a grayscale image without its channel axis
     h, w, c = spatial_shape(input_shape, layout)
     if c not in (1, 3):
         raise XlcnnError(f"the model expects {c} input channels; an image gives 1 (grayscale) or 3 (RGB): "
@@ -146,9 +166,15 @@ def prepare(path, input_shape, layout, invert="auto", scale=None, default_scale=
     factor = default_scale if scale is None else scale
     scaled = pixels * factor
     steps.append(f"scaled by {_fraction_text(factor)} (values {scaled.min():.3g}..{scaled.max():.3g})")
-    tensor = np.moveaxis(scaled, 2, 0) if layout == "channels_first" else scaled
-    if layout == "channels_first":
+    if plane:
+        tensor = scaled[:, :, 0]
+        steps.append(f"the model's input {tuple(input_shape)} has no channel axis: one grayscale plane "
+                     "(height, width)")
+    elif layout == "channels_first":
+        tensor = np.moveaxis(scaled, 2, 0)
         steps.append("channels first: (channels, height, width)")
+    else:
+        tensor = scaled
     preview = pixels[:, :, 0] / 255.0 if c == 1 else pixels / 255.0
     return Prepared(tensor.astype(np.float32), steps, preview, do_invert, factor, source_size)
 
@@ -169,14 +195,25 @@ def _decide_invert(pixels, channels, invert):
     return float(np.mean(border)) > 127.5
 
 
-def _prepare_npy(path, input_shape):
+def _prepare_npy(path, input_shape, layout="channels_last"):
     arr = _load_npy(path)
-    if arr.shape == (1, *input_shape):
+    shape = tuple(input_shape)
+    if arr.shape == (1, *shape):
         arr = arr[0]
-    if arr.shape != tuple(input_shape):
-        raise XlcnnError(f"{path} holds an array of shape {arr.shape}; the model expects {tuple(input_shape)} "
-                         f"(or {(1, *input_shape)} with the batch axis)")
     steps = [f"read {path.name}: array {arr.shape} {arr.dtype}, used as is (no resizing, inversion or scaling)"]
+    # a (steps,) signal for a (steps, 1) model, a (28, 28) picture for a (28, 28, 1) one: the one
+    # channel's axis is added where the model has it
+    channel_axis = 0 if layout == "channels_first" else len(shape) - 1
+    if len(shape) >= 2 and shape[channel_axis] == 1 and arr.shape == shape[:channel_axis] + shape[channel_axis + 1:]:
+        arr = np.expand_dims(arr, channel_axis)
+        steps.append(f"one channel: added the channel axis, {arr.shape}")
+    if arr.shape != shape:
+        hint = ""
+        if len(shape) == 2 and arr.shape == shape[::-1] and shape[0] != shape[1]:
+            hint = (f"; it looks transposed: the model ({layout}) wants "
+                    + ("(channels, steps)" if layout == "channels_first" else "(steps, channels)"))
+        raise XlcnnError(f"{path} holds an array of shape {arr.shape}; the model expects {shape} "
+                         f"(or {(1, *shape)} with the batch axis){hint}")
     preview = None
     if arr.ndim == 3:
         c_last = arr if arr.shape[-1] in (1, 3) else np.moveaxis(arr, 0, -1)
@@ -184,4 +221,24 @@ def _prepare_npy(path, input_shape):
             lo, hi = float(c_last.min()), float(c_last.max())
             norm = (c_last - lo) / (hi - lo) if hi > lo else np.zeros_like(c_last, dtype=np.float64)
             preview = norm[:, :, 0] if c_last.shape[-1] == 1 else norm
-    return Prepared(arr.astype(np.float32), steps, preview, False, 1.0, None)
+    return Prepared(arr.astype(np.float32), steps, preview, False, 1.0, None, kind="npy")
+
+
+def _prepare_signal(path, input_shape, layout, invert, scale):
+    """A .csv or .wav for a (steps,), (steps, channels) or (channels, steps) model input. The values
+    are used as read (a WAV's PCM scaled to -1..1); --scale, when given, multiplies them too."""
+    what = "WAV" if path.suffix.lower() == ".wav" else "CSV"
+    if invert == "yes":
+        raise XlcnnError(f"--invert yes applies to images; {path} is a signal, used as read: leave --invert out")
+    sig = signals.read_signal(path)
+    values, placed = signals.place(sig, path, input_shape, layout, what)
+    steps = [sig.described, *sig.notes]
+    factor = 1.0 if scale is None else scale
+    if scale is not None:
+        values = values * factor
+        steps.append(f"scaled by {_fraction_text(factor)} (--scale; values {values.min():.4g}..{values.max():.4g})")
+    elif what == "CSV":
+        steps.append("values used as is (no scaling)")
+    steps += placed
+    return Prepared(values.astype(np.float32), steps, None, False, factor, None, channel_names=sig.names,
+                    sample_rate=sig.sample_rate, kind=what.lower())
