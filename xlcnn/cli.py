@@ -29,7 +29,10 @@ def _parser():
 
     b = sub.add_parser("build", help="write the workbook for MODEL and IMAGE")
     b.add_argument("model", help="a .keras or .h5 model file, or a .json architecture (with --weights)")
-    b.add_argument("image", help="a png/jpg/bmp/gif image, or a .npy holding the model input")
+    b.add_argument("image",
+                   help="a png/jpg/bmp/gif image; a signal: a .csv (one column per channel, one row per "
+                        "step, optional header row) or a PCM .wav (scaled to -1..1); or a .npy holding the "
+                        "model input")
     b.add_argument("-o", "--output", required=True, help="the .xlsx file to write")
     b.add_argument("--weights", metavar="WEIGHTS.h5",
                    help="the weights (model.save_weights) for a MODEL.json written by model.to_json()")
