@@ -86,6 +86,8 @@ def write_input_cells(src, dst, entries, input_layer, x):
             vals = x.reshape(-1, 1)
         else:
             vals = np.moveaxis(x, e.channel_axis, 0)[e.channel]
+            if vals.ndim == 1:      # a signal: each channel is a column of steps
+                vals = vals[:, None]
         ws = wb[e.sheet]
         for i in range(r1 - r0 + 1):
             for j in range(c1 - c0 + 1):

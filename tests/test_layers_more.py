@@ -283,7 +283,7 @@ def test_log_softmax_column_through_libreoffice(edge_books):
     ((6, 6, 2), lambda L: [L.BatchNormalization(axis=2)], "height axis"),
     ((6, 6, 2), lambda L: [L.UpSampling2D(interpolation="bilinear")], "interpolation='bilinear'"),
     ((6, 6, 2), lambda L: [L.Normalization(mean=[0.0, 1.0], variance=[1.0, 2.0], invert=True)], "invert=True"),
-    ((6, 6, 2), lambda L: [L.Reshape((12, 6))], "target_shape=(12, 6)"),
+    ((6, 6, 2), lambda L: [L.Reshape((3, 2, 6, 2))], "target_shape=(3, 2, 6, 2)"),
     ((6, 6, 2), lambda L: [L.Softmax(axis=1)], "is not its last axis"),
     ((6, 6, 2), lambda L: [L.Flatten(), L.Softmax(axis=0)], "axis=0"),
     ((6, 6, 2), lambda L: [L.DepthwiseConv2D(3, activation="softmax")], "fused softmax"),

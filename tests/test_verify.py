@@ -339,7 +339,7 @@ def hostile_book(tmp_path_factory):
     k = keras()
     k.utils.set_random_seed(3)
     L = k.layers
-    model = k.Sequential([k.Input((6, 6, 1)), L.Conv2D(2, 3, name=HOSTILE[0]), L.Flatten(name=HOSTILE[1]),
+    model = k.Sequential([k.Input((6, 6, 1), name="input_layer"), L.Conv2D(2, 3, name=HOSTILE[0]), L.Flatten(name=HOSTILE[1]),
                           L.Dense(3, activation="softmax", name=HOSTILE[2])])
     model.save(str(base / "hostile.keras"))
     np.save(base / "x.npy", np.random.default_rng(3).random((6, 6, 1)).astype("float32"))

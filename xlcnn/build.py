@@ -97,17 +97,16 @@ def build(model_path, image_path, out_path, force=False, invert="auto", scale=No
     model_mod.check_file(model_path, weights)
     say("reading the model")
     loaded = model_mod.load(model_path, weights)
-    if len(loaded.input_shape) not in (1, 3):
+    if len(loaded.input_shape) not in (1, 2, 3):
         raise XlcnnError(f"model {loaded.path} takes a rank-{len(loaded.input_shape)} input of shape "
-                         f"{_shape_text(loaded.input_shape)}; xlcnn writes 1-D inputs and 3-D image inputs "
-                         "(height, width, channels) for now: start the model from the shape its Reshape "
-                         "makes, e.g. Input((28, 28, 1))")
-    writers = writers_for(loaded)          # every refusal happens here, before any file exists
-    planned = limits.check(limits.estimate(loaded, writers))
-    say(f"estimate: {planned.text()}")
+                         f"{_shape_text(loaded.input_shape)}; xlcnn writes vectors, signals (steps, channels) "
+                         "and images (height, width, channels)")
     layout = model_mod.input_layout(loaded)
     prepared = image_mod.prepare(image_path, loaded.input_shape, layout, invert=invert, scale=scale,
                                  default_scale=default_scale(loaded))
+    writers = writers_for(loaded)          # every refusal happens here, before any file exists
+    planned = limits.check(limits.estimate(loaded, writers))
+    say(f"estimate: {planned.text()}")
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     previous_term = signal.getsignal(signal.SIGTERM)
 
@@ -168,7 +167,7 @@ def _write_stages(book, loaded, writers, prepared, layout, say):
     book.add_sheet("overview", back_link=False)  # first tab; filled in at the end
     total = len(writers) + 1
     x = prepared.tensor.astype(np.float64)
-    first = _write_input(book, names, _step(1, total), loaded, x, layout)
+    first = _write_input(book, names, _step(1, total), loaded, x, layout, getattr(prepared, "channel_names", None))
     stages = [Stage(_step(1, total), None, first, first.places[0][0])]
     tensors = {loaded.input_name: first}
     downstream = _downstream_data_formats(writers)
@@ -199,16 +198,16 @@ def _downstream_data_formats(writers):
     return found
 
 
-def _write_input(book, names, step, loaded, x, layout):
+def _write_input(book, names, step, loaded, x, layout, channel_names=None):
     if x.ndim == 1:
         name = names.make(f"{step} ", "input")
         sheet = book.add_sheet(name, text("stage.input", step=step, channel=0, channels=1, layout="1-D"))
         sheet.numbers(FIRST_ROW, FIRST_COL, x[:, None])
         return Tensor(loaded.input_name, x, None, [(name, FIRST_ROW, FIRST_COL)])
-    if x.ndim != 3:
-        raise XlcnnError(f"model input of shape {x.shape} is not supported (1-D or 3-D inputs are)")
-    channel_axis = 0 if layout == "channels_first" else 2
+    channel_axis = 0 if layout == "channels_first" else x.ndim - 1
     t = Tensor(loaded.input_name, x, channel_axis, [])
+    if x.ndim == 2:
+        return _write_signal_input(book, names, step, t, layout, channel_names)
     h, w = t.hw
     chw = t.chw()
     for c in range(t.channels):
@@ -219,6 +218,37 @@ def _write_input(book, names, step, loaded, x, layout):
         sheet.numbers(FIRST_ROW, FIRST_COL, chw[c])
         sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + h - 1, FIRST_COL + w - 1, "input_scale")
         t.places.append((name, FIRST_ROW, FIRST_COL))
+    return t
+
+
+def _write_signal_input(book, names, step, t, layout, channel_names=None):
+    """A signal (a rank-2 input): one sheet, time running down, one column per channel (as a CSV
+    has it), with a line chart of the channels beside it. A 2-D image without a channel axis
+    (28, 28) reads as rows and columns here too."""
+    steps, _ = t.hw
+    name = names.make(f"{step} ", "input")
+    sheet = book.add_sheet(name, text("stage.input_signal", step=step, channels=t.channels, steps=steps,
+                                      layout=f"{layout}, shape {t.values.shape}"))
+    block = t.chw()[:, :, 0].T                      # (steps, channels)
+    labels = [f"c{c}" + (f" {channel_names[c]}" if channel_names and c < len(channel_names) and channel_names[c]
+                         else "") for c in range(t.channels)]
+    for c in range(t.channels):
+        sheet.ws.write_string(FIRST_ROW - 1, FIRST_COL + c, labels[c], book.fmt_axis)
+        t.places.append((name, FIRST_ROW, FIRST_COL + c))
+    for i in range(steps):
+        sheet.ws.write_string(FIRST_ROW + i, 0, str(i), book.fmt_axis)
+    sheet.ws.write_string(FIRST_ROW - 1, 0, "t", book.fmt_axis)
+    sheet.numbers(FIRST_ROW, FIRST_COL, block)
+    sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + steps - 1, FIRST_COL + t.channels - 1, values=block)
+    if t.channels <= 16:          # a chart of more lines than that reads as noise
+        chart = book.wb.add_chart({"type": "line"})
+        for c in range(t.channels):
+            chart.add_series({"name": labels[c], "values": [name, FIRST_ROW, FIRST_COL + c, FIRST_ROW + steps - 1,
+                                                           FIRST_COL + c], "line": {"width": 1.25}})
+        chart.set_title({"name": text("stage.input_chart")})
+        chart.set_x_axis({"name": "t"})
+        chart.set_size({"width": 560, "height": 260})
+        sheet.ws.insert_chart(FIRST_ROW, FIRST_COL + t.channels + 1, chart)
     return t
 
 

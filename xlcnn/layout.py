@@ -120,9 +120,16 @@ class SheetNames:
 class Tensor:
     """A Keras tensor (without the batch axis) placed in the workbook.
 
-    values: float64, in Keras's own layout (e.g. (H, W, C) for channels_last).
-    channel_axis: which axis of `values` is stored one sheet per channel; None for a 1-D tensor.
-    places: for a 3-D tensor, (sheet, row0, col0) of each channel's map; for 1-D one column.
+    values: float64, in Keras's own layout ((H, W, C) for a channels_last image map, (steps, C) for a
+    channels_last signal, (units,) for a vector).
+    channel_axis: which axis of `values` holds the channels; None for a 1-D vector.
+    places: (sheet, row0, col0) of each channel's map, the top-left cell of an (h x w) block:
+      - rank 3 (an image map): one sheet per channel, the (H x W) map;
+      - rank 2 (a signal, the maps of 1-D layers): every channel on one sheet, time running down,
+        so channel c's map is a column of `steps` cells (h = steps, w = 1);
+      - rank 1: one column.
+    Writers see every map as (channels, h, w) through chw(), hw, cell() and window(): the 2-D
+    machinery serves 1-D layers with a kernel of width 1.
     """
 
     layer: str
@@ -135,17 +142,31 @@ class Tensor:
         return self.values.ndim
 
     @property
+    def is_map(self):
+        """True for image maps (rank 3) and signals (rank 2): tensors with channels."""
+        return self.channel_axis is not None
+
+    @property
     def channels(self):
         return 1 if self.channel_axis is None else self.values.shape[self.channel_axis]
 
     @property
     def hw(self):
-        """(height, width) of one channel's map."""
-        return tuple(s for i, s in enumerate(self.values.shape) if i != self.channel_axis)
+        """(height, width) of one channel's block of cells: (H, W), or (steps, 1) for a signal."""
+        spatial = tuple(s for i, s in enumerate(self.values.shape) if i != self.channel_axis)
+        return spatial if len(spatial) == 2 else (spatial[0], 1)
 
     def chw(self):
-        """The values as (channels, height, width)."""
-        return np.moveaxis(self.values, self.channel_axis, 0)
+        """The values as (channels, h, w): a signal's channels become (C, steps, 1)."""
+        out = np.moveaxis(self.values, self.channel_axis, 0)
+        return out[:, :, None] if self.rank == 2 else out
+
+    @staticmethod
+    def from_chw(layer, chw, rank, channel_axis, places):
+        """A tensor of Keras rank `rank` (2 or 3) from (C, h, w) values, the channel axis put back."""
+        chw = np.asarray(chw)
+        values = chw[:, :, 0] if rank == 2 else chw
+        return Tensor(layer, np.moveaxis(values, 0, channel_axis), channel_axis, places)
 
     def cell(self, c, i, j):
         sheet, r0, c0 = self.places[c]
@@ -156,12 +177,15 @@ class Tensor:
         sheet, r0, c0 = self.places[c]
         return rng(sheet, r0 + i0, c0 + j0, r0 + i1, c0 + j1)
 
+    def _spatial(self, index):
+        spatial = [v for k, v in enumerate(index) if k != self.channel_axis]
+        return (spatial[0], spatial[1]) if len(spatial) == 2 else (spatial[0], 0)
+
     def cell_at(self, index):
         """The cell holding the element at a Keras index, e.g. (i, j, c) for channels_last."""
         if self.channel_axis is None:
             return self.cell1(index[0])
-        i, j = [v for k, v in enumerate(index) if k != self.channel_axis]
-        return self.cell(index[self.channel_axis], i, j)
+        return self.cell(index[self.channel_axis], *self._spatial(index))
 
     def cell1(self, i):
         sheet, r0, c0 = self.places[0]
@@ -173,27 +197,27 @@ class Tensor:
         return rng(sheet, r0, c0, r0 + self.values.shape[0] - 1, c0, absolute=absolute)
 
     def ref_array(self):
-        """Cell references of every element, in Keras's layout (used by Flatten)."""
+        """Cell references of every element, in Keras's layout (used by Flatten and Reshape)."""
         out = np.empty(self.values.shape, dtype=object)
-        if self.channel_axis is None:
-            for i in range(self.values.shape[0]):
-                out[i] = self.cell1(i)
-            return out
-        view = np.moveaxis(out, self.channel_axis, 0)
-        h, w = self.hw
-        for c in range(self.channels):
-            for i in range(h):
-                for j in range(w):
-                    view[c, i, j] = self.cell(c, i, j)
+        for index in np.ndindex(*self.values.shape):
+            out[index] = self.cell_at(index)
         return out
 
     def origin_array(self):
-        """(channel, row, col) in the Keras layout, for labelling where a value came from."""
+        """(channel, row[, col]) of every element in the Keras layout, for labelling where a value
+        came from: a trailing axis of 3 for an image map, 2 for a signal (channel, step)."""
         if self.channel_axis is None:
             return None
-        c, i, j = np.meshgrid(*(np.arange(n) for n in (self.channels, *self.hw)), indexing="ij")
-        stacked = np.stack([c, i, j], axis=-1)
+        spatial = [n for k, n in enumerate(self.values.shape) if k != self.channel_axis]
+        grids = np.meshgrid(*(np.arange(n) for n in (self.channels, *spatial)), indexing="ij")
+        stacked = np.stack(grids, axis=-1)
         return np.moveaxis(stacked, 0, self.channel_axis)
+
+    def origin_text(self, origin):
+        """'ch 3 · row 2 · col 4' for an image map, 'ch 3 · t 7' for a signal."""
+        if len(origin) == 3:
+            return "ch {} · row {} · col {}".format(*origin)
+        return "ch {} · t {}".format(*origin)
 
     def manifest_rows(self):
         """(channel or None, sheet, range) for every channel, as the manifest records them."""

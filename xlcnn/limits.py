@@ -72,6 +72,9 @@ def estimate(loaded, writers):
             est.sheets += shape[channel_axis]
             h, w = [s for i, s in enumerate(shape) if i != channel_axis]
             _grow(est, h + HEADER_ROWS, 2 * (w + 1) + 2, writer.name)
+        elif len(shape) == 2:          # a signal: one sheet, a column per channel, steps down
+            est.sheets += 1
+            _grow(est, max(shape) + HEADER_ROWS, 2 * (max(shape) + 1) + 2, writer.name)
         else:
             est.sheets += 1
             _grow(est, size + HEADER_ROWS, 4, writer.name)
@@ -79,13 +82,15 @@ def estimate(loaded, writers):
         if writer.kind == "SeparableConv2D":    # depthwise helper sheets and a second weight sheet
             depthwise = layer.weights[0].shape
             est.sheets += depthwise[2] * depthwise[3] + 1
+        elif writer.kind == "SeparableConv1D":  # one depthwise helper sheet and a second weight sheet
+            est.sheets += 2
         if params:
             est.sheets += 1
             kernel = layer.weights[0].shape
             if len(kernel) == 2:       # Dense: one row per input, one column per unit
                 _grow(est, kernel[0] + HEADER_ROWS + 1, kernel[1] + 1, f"{writer.name} weights")
-            elif len(kernel) == 4:     # convolution kernels: a block per (output, input) channel pair
-                kh, kw, cin, cout = kernel
+            elif len(kernel) in (3, 4):     # convolution kernels: a block per (output, input) channel pair
+                kh, kw, cin, cout = kernel if len(kernel) == 4 else (kernel[0], 1, *kernel[1:])
                 _grow(est, cout * (kh + 1) + HEADER_ROWS, cin * (kw + 1) + 3, f"{writer.name} weights")
                 est.longest_formula = max(est.longest_formula, min(cin * 70, 8000))
         in_shape = shapes[reads[0]]

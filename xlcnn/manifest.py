@@ -97,8 +97,12 @@ def assemble(entries, layer, block):
     maps = [None] * len(rows)
     for e in rows:
         maps[e.channel] = block(e.sheet, *e.range)
+    rank = len(first.shape) if first.shape else 3
+    axis = first.channel_axis if first.channel_axis is not None else rank - 1
+    if rank == 2:                                      # a signal: each channel is a column of steps
+        stacked = np.stack([m[..., 0] for m in maps], axis=-2)   # (..., C, steps)
+        return np.moveaxis(stacked, -2, axis - 2)
     stacked = np.stack(maps, axis=-3)                  # (..., C, H, W)
-    axis = first.channel_axis if first.channel_axis is not None else len(first.shape) - 1
     return np.moveaxis(stacked, -3, axis - 3)          # channel axis into Keras's place
 
 

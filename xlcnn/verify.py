@@ -40,7 +40,7 @@ EXCEL_MAX_FORMULA = 8192
 EXCEL_MAX_ARGS = 255
 EXCEL_MAX_NESTING = 64
 _BAD_SHEET = re.compile(r"[\\/?*\[\]:]")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".npy"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".npy", ".csv", ".wav"}
 
 
 @dataclass
@@ -186,7 +186,8 @@ def _locate(entries, layer, index):
         return cell_name(e0.sheet, r0 + index[0], c0)
     axis = e0.channel_axis if e0.channel_axis is not None else len(index) - 1
     channel = index[axis]
-    i, j = [v for k, v in enumerate(index) if k != axis]
+    spatial = [v for k, v in enumerate(index) if k != axis]
+    i, j = (spatial[0], spatial[1]) if len(spatial) == 2 else (spatial[0], 0)   # a signal: (step, 0)
     e = next(e for e in rows if e.channel == channel)
     return cell_name(e.sheet, e.range[0] + i, e.range[1] + j)
 
@@ -403,6 +404,8 @@ def _input_overrides(entries, input_layer, xb):
             maps = xb.reshape(xb.shape[0], -1, 1)
         else:
             maps = np.moveaxis(xb, e.channel_axis + 1, 1)[:, e.channel]
+            if maps.ndim == 2:      # a signal: each channel is a column of steps
+                maps = maps[:, :, None]
         for i in range(r1 - r0 + 1):
             for j in range(c1 - c0 + 1):
                 out[(e.sheet, r0 + i, c0 + j)] = maps[:, i, j].astype(np.float64)

@@ -45,6 +45,7 @@ def dtype_name(value):
 
 
 def pair(value):
+    """Keras's int-or-tuple option as a tuple: 3 -> (3, 3); (3,) and (3, 1) stay as they are."""
     if isinstance(value, int):
         return (value, value)
     return tuple(int(v) for v in value)
@@ -62,6 +63,82 @@ class Context:
 
     def sheet_name(self, layer_name, suffix=""):
         return self.names.make(f"{self.step} ", layer_name, suffix)
+
+
+class MapSheets:
+    """Where a stage's channel maps go: the one placement every map-writing layer uses.
+
+    An image map (a rank-3 tensor): one sheet per channel, '<step> <layer> c<k>', its (h x w) map
+    at (FIRST_ROW, FIRST_COL); block b (the fused activation, partial sums) b maps to the right.
+    A signal (a rank-2 tensor, the maps of 1-D layers): one sheet for the whole stage, time running
+    down the rows and channel c in column FIRST_COL + c, so the stage reads as a multi-channel
+    waveform; block b is a group of `channels` columns b groups to the right.
+
+    title(c) and explain(c) give a sheet's texts; c is None for the one sheet of a signal stage.
+    """
+
+    def __init__(self, ctx, layer_name, channels, h, w, rank, title, explain=None, suffix=""):
+        self.ctx, self.layer_name, self.channels = ctx, layer_name, channels
+        self.h, self.w, self.rank, self.suffix = h, w, rank, suffix
+        self.title, self.explain = title, explain or (lambda _c: "")
+        self.one_sheet = rank == 2
+        self._sheets = {}
+        self._labelled = set()
+
+    def sheet(self, c):
+        key = None if self.one_sheet else c
+        if key not in self._sheets:
+            book = self.ctx.book
+            if self.one_sheet:
+                name = self.ctx.sheet_name(self.layer_name, self.suffix)
+                sheet = book.add_sheet(name, self.title(None), self.explain(None))
+            else:
+                name = self.ctx.sheet_name(self.layer_name, f"{self.suffix} c{c}")
+                sheet = book.add_sheet(name, self.title(c), self.explain(c), map_width=self.w)
+            self._sheets[key] = sheet
+            if self.one_sheet:
+                for i in range(self.h):
+                    sheet.ws.write_string(FIRST_ROW + i, 0, str(i), book.fmt_axis)
+                sheet.ws.write_string(FIRST_ROW - 1, 0, "t", book.fmt_axis)
+        return self._sheets[key]
+
+    def origin(self, c, block=0):
+        """(row, col) of the top-left cell of channel c's block `block`."""
+        if self.one_sheet:
+            return FIRST_ROW, FIRST_COL + block * (self.channels + 1) + c
+        return FIRST_ROW, FIRST_COL + block * (self.w + 1)
+
+    def place(self, c, block=0):
+        """(sheet name, row, col) of channel c's block, as a Tensor's places hold them."""
+        return (self.sheet(c).name, *self.origin(c, block))
+
+    def start(self, c, block=0, label=None):
+        """The sheet for channel c's block, with its axis labels (and the block's label) written:
+        returns (sheet, row, col)."""
+        sheet = self.sheet(c)
+        r0, c0 = self.origin(c, block)
+        book = self.ctx.book
+        if self.one_sheet:
+            sheet.ws.write_string(r0 - 1, c0, f"c{c}", book.fmt_axis)
+            if label and c == 0:
+                sheet.label(r0 - 2, c0, label, book.fmt_header)
+        else:
+            sheet.axis_labels(r0, c0, self.h, self.w)
+            if label:
+                sheet.label(r0 - 2, c0, label, book.fmt_header)
+        return sheet, r0, c0
+
+    def color_all(self, block, chw):
+        """Colour block `block` of every channel (chw: the values as (channels, h, w)): each image
+        map on its own, a signal stage's group of columns as one."""
+        for c in range(self.channels):
+            sheet = self.sheet(c)
+            r0, c0 = self.origin(c, block)
+            if not self.one_sheet:
+                sheet.color_scale(r0, c0, r0 + self.h - 1, c0 + self.w - 1, values=chw[c])
+        if self.one_sheet:
+            r0, c0 = self.origin(0, block)
+            self.sheet(0).color_scale(r0, c0, r0 + self.h - 1, c0 + self.channels - 1, values=chw)
 
 
 class LayerWriter:
@@ -169,10 +246,10 @@ def write_weight_matrix(ctx, layer_name, suffix, matrix, bias, title, column_lab
 
 def write_cellwise_stage(ctx, writer, like, values, formula_of, title, explain=""):
     """A stage whose output has the layout of `like` (an input Tensor) and one formula per cell:
-    one sheet per channel for a 3-D tensor, one column for a 1-D one.
+    one column for a 1-D vector, otherwise the maps of MapSheets.
 
     values: the output in Keras's layout; formula_of(index) gives the formula of the element at a
-    Keras index; title(channel) the sheet's title (channel is None for a 1-D tensor)."""
+    Keras index; title(channel) the sheet's title (channel is None for a one-sheet stage)."""
     book = ctx.book
     if like.rank == 1:
         name = ctx.sheet_name(writer.name)
@@ -182,22 +259,21 @@ def write_cellwise_stage(ctx, writer, like, values, formula_of, title, explain="
         for i in range(values.shape[0]):
             sheet.formula(FIRST_ROW + i, FIRST_COL, formula_of((i,)), values[i])
         return Tensor(writer.name, values, None, [(name, FIRST_ROW, FIRST_COL)])
-    if like.rank != 3:
+    if like.rank not in (2, 3):
         writer.refuse(f"inputs of rank {like.rank} are not supported")
     h, w = like.hw
-    out = np.moveaxis(values, like.channel_axis, 0)
+    out = Tensor(writer.name, values, like.channel_axis, []).chw()
+    maps = MapSheets(ctx, writer.name, like.channels, h, w, like.rank, title, lambda _c: explain)
     places = []
     for c in range(like.channels):
-        name = ctx.sheet_name(writer.name, f" c{c}")
-        sheet = book.add_sheet(name, title(c), explain, map_width=w)
-        sheet.axis_labels(FIRST_ROW, FIRST_COL, h, w)
+        sheet, r0, c0 = maps.start(c)
         for i in range(h):
             for j in range(w):
-                index = [i, j]
+                index = [i, j][:like.rank - 1]
                 index.insert(like.channel_axis, c)
-                sheet.formula(FIRST_ROW + i, FIRST_COL + j, formula_of(tuple(index)), out[c, i, j])
-        sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + h - 1, FIRST_COL + w - 1, values=out[c])
-        places.append((name, FIRST_ROW, FIRST_COL))
+                sheet.formula(r0 + i, c0 + j, formula_of(tuple(index)), out[c, i, j])
+        places.append((sheet.name, r0, c0))
+    maps.color_all(0, out)
     return Tensor(writer.name, values, like.channel_axis, places)
 
 
@@ -212,23 +288,23 @@ def write_elementwise_block(sheet, row0, col0, in_refs, z, name):
     return out
 
 
-def write_activation_blocks(ctx, fn, places, z, block_label):
-    """A fused activation: beside each z map (places[o] holds z[o]), the block fn(z), labelled.
-    Returns the output places and values; with 'linear' the z maps are the output."""
+def write_activation_blocks(maps, fn, places, z, block_label, block=1):
+    """A fused activation: beside each z map (places[o] holds z[o], z as (channels, h, w)), the
+    block fn(z) as block `block` of MapSheets `maps`, labelled. Returns the output places and
+    values; with 'linear' the z maps are the output."""
     if fn == "linear":
         return places, z
     out_places = []
     for o, (name, r0, c0) in enumerate(places):
-        sheet = ctx.book.sheets[name]
         oh, ow = z[o].shape
-        a0 = c0 + ow + 1
-        sheet.label(r0 - 2, c0, block_label, ctx.book.fmt_header)
-        sheet.label(r0 - 2, a0, text("stage.out_block", fn=fn), ctx.book.fmt_header)
-        sheet.axis_labels(r0, a0, oh, ow)
-        a = write_elementwise_block(sheet, r0, a0, block_refs(name, r0, c0, oh, ow), z[o], fn)
-        sheet.color_scale(r0, a0, r0 + oh - 1, a0 + ow - 1, values=a)
-        out_places.append((name, r0, a0))
-    return out_places, act.ELEMENTWISE[fn][1](z)
+        if o == 0 or not maps.one_sheet:
+            maps.sheet(o).label(r0 - 2, c0, block_label, maps.ctx.book.fmt_header)
+        sheet, a_r, a0 = maps.start(o, block, text("stage.out_block", fn=fn))
+        write_elementwise_block(sheet, a_r, a0, block_refs(name, r0, c0, oh, ow), z[o], fn)
+        out_places.append((name, a_r, a0))
+    out = act.ELEMENTWISE[fn][1](z)
+    maps.color_all(block, out)
+    return out_places, out
 
 
 def write_softmax_maps(ctx, writer, x):
@@ -342,29 +418,32 @@ def block_refs(sheet_name, row0, col0, h, w):
     return [[rng(sheet_name, row0 + i, col0 + j, row0 + i, col0 + j) for j in range(w)] for i in range(h)]
 
 
-def bias_along_width(layer, data_format, out_width, n_bias):
-    """True when Keras adds this channels_first layer's bias along the width, not the channels.
+def bias_along_width(layer, data_format, out_width, n_bias, rank=3):
+    """True when Keras adds this channels_first layer's bias along its last axis, not the channels.
 
     Keras 3's TensorFlow backend (keras.src.backend.tensorflow.numpy.add) turns
-    `x + bias.reshape(1, C, 1, 1)` into tf.nn.bias_add and picks data_format NHWC whenever the
-    tensor's last axis has the bias's length. For a channels_first map whose width equals its
-    channel count, bias[j] is therefore added to column j of every channel. That is what the
-    trained model computes in Keras, so the workbook does the same, and says so on the sheet.
-    A probe of the running Keras confirms it, so a Keras that fixes this, or a layer loaded with
-    tf_keras (which adds per channel), is not shifted.
+    `x + bias.reshape(1, C, 1, ...)` into tf.nn.bias_add and picks data_format NHWC whenever the
+    tensor's last axis has the bias's length. For a channels_first map whose width (or, for a 1-D
+    layer, whose length) equals its channel count, bias[j] is therefore added at position j of
+    that axis in every channel. That is what the trained model computes in Keras, so the workbook
+    does the same, and says so on the sheet. A probe of the running Keras confirms it, so a Keras
+    that fixes this, or a layer loaded with tf_keras (which adds per channel), is not shifted.
+    `rank` is the Keras rank of the output without the batch axis (3 for Conv2D, 2 for Conv1D).
     """
     if data_format != "channels_first" or n_bias < 2 or out_width != n_bias:
         return False
-    return _keras_adds_bias_along_width(type(layer).__module__.split(".")[0], n_bias)
+    return _keras_adds_bias_along_width(type(layer).__module__.split(".")[0], n_bias, rank)
 
 
 @lru_cache(maxsize=None)
-def _keras_adds_bias_along_width(package, channels):
+def _keras_adds_bias_along_width(package, channels, rank=3):
     if package != "keras":
         return False
     import keras
-    bias = np.arange(channels, dtype=np.float32).reshape(1, channels, 1, 1)
-    got = np.asarray(keras.ops.add(np.zeros((1, channels, 1, channels), np.float32), bias))[0, :, 0, :]
+    ones = (1,) * (rank - 2)
+    bias = np.arange(channels, dtype=np.float32).reshape(1, channels, *ones, 1)
+    got = np.asarray(keras.ops.add(np.zeros((1, channels, *ones, channels), np.float32), bias))
+    got = got.reshape(channels, channels)
     return not np.array_equal(got, np.repeat(np.arange(channels, dtype=np.float32)[:, None], channels, axis=1))
 
 
@@ -375,14 +454,65 @@ def same_padding(n, k, s, d=1):
     return total // 2, total - total // 2
 
 
-def padding_text(padding, family, pads):
-    """The header text that makes Keras's (asymmetric) padding visible; family is conv or pool."""
+def padding_text(padding, family, pads, one_d=False):
+    """The header text that makes Keras's (asymmetric) padding visible; family is conv or pool.
+    A 1-D layer's padding is along time (the h axis of its maps)."""
     (top, bottom), (left, right) = pads
+    suffix = "_1d" if one_d else ""
     if padding == "valid":
-        return text("padding.valid")
+        return text(f"padding.valid{suffix}")
+    if padding == "causal":
+        return text("padding.causal_conv_1d", top=top)
     if top == bottom == left == right == 0:
-        return text("padding.none_needed")
-    return text(f"padding.same_{family}", top=top, bottom=bottom, left=left, right=right)
+        return text(f"padding.none_needed{suffix}")
+    return text(f"padding.same_{family}{suffix}", top=top, bottom=bottom, left=left, right=right)
+
+
+@dataclass
+class Window:
+    """A window layer's geometry (convolution or pooling) in the (h, w) frame of its maps: size,
+    stride and dilation per axis, and Keras's padding mode. A 1-D layer's time axis is h, and its
+    w axis is the trivial window (1, stride 1, 'valid'), so one code path serves both ranks."""
+    size: tuple
+    strides: tuple
+    dilation: tuple
+    padding: str
+    one_d: bool = False
+
+    @classmethod
+    def from_config(cls, config, size_key, one_d, default_strides_to_size=False):
+        size = pair(config[size_key])
+        strides = config.get("strides")
+        strides = size if strides is None and default_strides_to_size else pair(strides or 1)
+        dilation = pair(config.get("dilation_rate", 1) or 1)
+        if one_d:
+            size, strides, dilation = (size[0], 1), (strides[0], 1), (dilation[0], 1)
+        return cls(size, strides, dilation, config["padding"], one_d)
+
+    def apply(self, H, W):
+        """((oh, taps_h, pads_h), (ow, taps_w, pads_w)) for an H x W input map."""
+        (kh, kw), (sh, sw), (dh, dw) = self.size, self.strides, self.dilation
+        return (window_geometry(H, kh, sh, dh, self.padding),
+                window_geometry(W, kw, sw, dw, "valid" if self.one_d else self.padding))
+
+    def text(self, what, show_dilation=True):
+        """'kernel 3×3 · stride 2×2 · dilation 1×1', or 'kernel 5 · stride 1 · dilation 2' in 1-D."""
+        (kh, kw), (sh, sw), (dh, dw) = self.size, self.strides, self.dilation
+        if self.one_d:
+            dilation = f" · dilation {dh}" if show_dilation else ""
+            return text("stage.geometry_1d", what=what, kh=kh, sh=sh, dilation=dilation)
+        dilation = f" · dilation {dh}×{dw}" if show_dilation else ""
+        return text("stage.geometry_2d", what=what, kh=kh, kw=kw, sh=sh, sw=sw, dilation=dilation)
+
+    def padding_text(self, family, pads):
+        return padding_text(self.padding, family, pads, self.one_d)
+
+
+def which_text(one_d, channel, channels, output=True):
+    """'output channel 3 of 8' on a per-channel sheet; for a 1-D stage (one sheet) its layout."""
+    if one_d:
+        return text("stage.which_signal", channels=channels)
+    return text("stage.which_channel" if output else "stage.which_channel_in", channel=channel, channels=channels)
 
 
 def window_geometry(n, k, s, d, padding):
@@ -391,6 +521,10 @@ def window_geometry(n, k, s, d, padding):
         out = -(-n // s)
         before = same_padding(n, k, s, d)[0]
         pads = same_padding(n, k, s, d)
+    elif padding == "causal":    # Keras pads (k - 1) * d zeros before the signal, none after
+        before = (k - 1) * d
+        out = (n - 1) // s + 1
+        pads = (before, 0)
     else:
         out = (n - (k - 1) * d - 1) // s + 1
         before = 0

@@ -12,8 +12,8 @@ import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
-from .base import (LayerWriter, activation_option, bias_along_width, handles, ok, one_of, padding_text, pair,
-                   sumproduct, window_geometry, write_activation_blocks)
+from .base import (LayerWriter, MapSheets, Window, activation_option, bias_along_width, handles, ok, one_of, pair,
+                   sumproduct, which_text, write_activation_blocks)
 
 FORMULA_LIMIT = 8000  # Excel's limit is 8,192 characters; keep a margin for the bias term
 
@@ -30,16 +30,24 @@ def _must_be_none(option):
     return checker
 
 
-def conv_values(x_chw, kernel, bias, strides, dilation, pads, bias_along_width=False, groups=1):
-    """Keras's Conv2D in float64: zero padding (before, after) per axis, then strided taps.
-    With groups, output channel block g reads only input channel block g."""
+def add_bias(z, bias, axis=0):
+    """z (channels, h, w) + bias along `axis`: 0 the channels (as usual), 1 or 2 the map's rows or
+    columns (Keras 3's bias_add quirk, see base.bias_along_width)."""
+    if bias is not None:
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        z = z + bias.reshape(shape)
+    return z
+
+
+def conv_values(x_chw, kernel, bias, strides, dilation, pads, bias_axis=0, groups=1):
+    """Keras's convolution in float64 on (channels, h, w) maps: zero padding (before, after) per
+    axis, then strided taps. With groups, output channel block g reads only input channel block g."""
     if groups > 1:
         cin_g, cout_g = kernel.shape[2], kernel.shape[3] // groups
         z = np.concatenate([conv_values(x_chw[g * cin_g:(g + 1) * cin_g], kernel[..., g * cout_g:(g + 1) * cout_g],
                                         None, strides, dilation, pads) for g in range(groups)])
-        if bias is not None:
-            z += bias[None, None, :] if bias_along_width else bias[:, None, None]
-        return z
+        return add_bias(z, bias, bias_axis)
     (pt, pb), (pl, pr) = pads
     xp = np.pad(x_chw, ((0, 0), (pt, pb), (pl, pr)))
     kh, kw, _, cout = kernel.shape
@@ -52,19 +60,18 @@ def conv_values(x_chw, kernel, bias, strides, dilation, pads, bias_along_width=F
         for b in range(kw):
             patch = xp[:, a * dh: a * dh + sh * (oh - 1) + 1: sh, b * dw: b * dw + sw * (ow - 1) + 1: sw]
             z += np.einsum("chw,co->ohw", patch, kernel[a, b])
-    if bias is not None:
-        z += bias[None, None, :] if bias_along_width else bias[:, None, None]
-    return z
+    return add_bias(z, bias, bias_axis)
 
 
-def write_conv_weights(ctx, name, kernel, bias, groups=1):
+def write_conv_weights(ctx, name, kernel, bias, groups=1, kind="Conv2D", kernel_text=None):
     """Kernel blocks: block (out o, in i) holds kernel[:, :, i, o]; column B holds bias[o].
     With groups, column block i of output o is input channel (group of o) x (inputs per group) + i.
     Returns a function giving the absolute range of (o, i, rows a0..a1, cols b0..b1), and the bias cell."""
     kh, kw, cin, cout = kernel.shape
     book = ctx.book
     sheet_name = ctx.sheet_name(name, " w")
-    sheet = book.add_sheet(sheet_name, text("weights.conv_title", name=name, kh=kh, kw=kw, cin=cin, cout=cout))
+    sheet = book.add_sheet(sheet_name, text("weights.conv_title", name=name, kind=kind, cin=cin, cout=cout,
+                                            kernel=kernel_text or f"{kh}×{kw}"))
     top = FIRST_ROW
     left = FIRST_COL + 2
     sheet.label(top - 1, FIRST_COL, text("weights.bias_label"), book.fmt_header)
@@ -112,8 +119,10 @@ def conv_term(x, ci, o, taps_i, taps_j, kernel_range, dh, dw, k=None):
     return "(" + "+".join(products) + ")"
 
 
-@handles("Conv2D")
-class Conv2DWriter(LayerWriter):
+class ConvWriter(LayerWriter):
+    """Conv1D and Conv2D: one rank-generic writer, as in Keras's base_conv.py. A 1-D layer works on
+    its maps as (steps x 1) columns with a (k x 1) kernel (see base.Window)."""
+    one_d = False
     options = {
         "filters": ok, "kernel_size": _positive_pair, "strides": _positive_pair,
         "dilation_rate": _positive_pair, "padding": one_of("valid", "same"),
@@ -124,80 +133,99 @@ class Conv2DWriter(LayerWriter):
         "quantization_config": _must_be_none("quantization_config"),
     }
 
+    @property
+    def window(self):
+        return Window.from_config(self.config, "kernel_size", self.one_d)
+
+    def kernel4(self):
+        """The kernel as (kh, kw, in, out): a 1-D kernel (k, in, out) becomes (k, 1, in, out)."""
+        kernel = self.weights()[0]
+        return kernel[:, None] if self.one_d else kernel
+
     def describe(self):
         c = self.config
-        kh, kw = pair(c["kernel_size"])
         act_name = act.activation_name(c["activation"])
         extra = f", then {act_name}" if act_name != "linear" else ""
-        return (f"{c['filters']} filters {kh}×{kw}, stride {pair(c['strides'])}, "
-                f"dilation {pair(c['dilation_rate'])}, padding {c['padding']}{extra}")
+        return f"{c['filters']} filters, {self.window.text('kernel')}, padding {c['padding']}{extra}"
 
     def write(self, ctx, x):
         c = self.config
-        channel_axis = 0 if c["data_format"] == "channels_first" else 2
-        if x.rank != 3 or x.channel_axis != channel_axis:
-            self.refuse(f"expects a 3-D {c['data_format']} input, got shape {x.values.shape}")
-        weights = self.weights()
-        kernel = weights[0]
-        bias = weights[1] if c["use_bias"] else None
+        rank = 2 if self.one_d else 3
+        channel_axis = 0 if c["data_format"] == "channels_first" else rank - 1
+        if x.rank != rank or x.channel_axis != channel_axis:
+            self.refuse(f"expects a {rank}-D {c['data_format']} input, got shape {x.values.shape}")
+        kernel = self.kernel4()
+        bias = self.weights()[1] if c["use_bias"] else None
         kh, kw, cin, cout = kernel.shape          # cin: input channels per group
         groups = int(c.get("groups", 1))
-        (sh, sw), (dh, dw) = pair(c["strides"]), pair(c["dilation_rate"])
+        geo = self.window
+        (dh, dw) = geo.dilation
         H, W = x.hw
-        oh, taps_h, pads_h = window_geometry(H, kh, sh, dh, c["padding"])
-        ow, taps_w, pads_w = window_geometry(W, kw, sw, dw, c["padding"])
+        (oh, taps_h, pads_h), (ow, taps_w, pads_w) = geo.apply(H, W)
         if oh < 1 or ow < 1:
-            self.refuse(f"the kernel does not fit the {H}×{W} input")
+            self.refuse(f"the kernel does not fit the {H}×{W} input" if not self.one_d else
+                        f"the kernel does not fit the {H}-step input")
         pads = (pads_h, pads_w)
-        along_width = bias is not None and bias_along_width(self.layer, c["data_format"], ow, cout)
-        z = conv_values(x.chw(), kernel, bias, (sh, sw), (dh, dw), pads, along_width, groups)
+        # Keras's bias quirk lands along its last axis: the columns of a 2-D map, the steps of a 1-D one
+        last = oh if self.one_d else ow
+        along = bias is not None and bias_along_width(self.layer, c["data_format"], last, cout, rank)
+        bias_axis = (1 if self.one_d else 2) if along else 0
+        z = conv_values(x.chw(), kernel, bias, geo.strides, geo.dilation, pads, bias_axis, groups)
         fn = act.activation_name(c["activation"])
         if fn in act.NOT_ELEMENTWISE:
             self.refuse(f"a fused {fn} on a convolution ({fn} over channels) is not supported yet; "
                         "use a Dense layer or an Activation after Flatten")
 
-        wsheet, kernel_range, bias_cell = write_conv_weights(ctx, self.name, kernel, bias, groups)
-        book = ctx.book
+        wsheet, kernel_range, bias_cell = write_conv_weights(
+            ctx, self.name, kernel, bias, groups, self.kind, kernel_text=f"{kh}" if self.one_d else None)
+        ptext = geo.padding_text("conv", pads)
+
+        def title(o):
+            return text("stage.conv", step=ctx.step, name=self.name, kind=self.kind,
+                        which=which_text(self.one_d, o, cout), geometry=geo.text("kernel"), padding_text=ptext)
+
+        def explain(o):
+            out = text("stage.conv_explain", channel="o" if o is None else o, cin=cin, wsheet=wsheet)
+            if groups > 1 and o is not None:
+                first = (o // (cout // groups)) * cin
+                out += " " + text("stage.conv_groups", groups=groups, c0=first, c1=first + cin - 1)
+            elif groups > 1:
+                out += " " + text("stage.conv_groups_1d", groups=groups, per=cin)
+            if along:
+                out += " " + text("stage.bias_along_width" if not self.one_d else "stage.bias_along_steps",
+                                  channel="o" if o is None else o, n=cout)
+            return out
+
+        maps = MapSheets(ctx, self.name, cout, oh, ow, rank, title, explain)
+        first_partial_block = 1 if fn == "linear" else 2
         places = []
         for o in range(cout):
-            name = ctx.sheet_name(self.name, f" c{o}")
-            title = text("stage.conv", step=ctx.step, name=self.name, channel=o, channels=cout,
-                         kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw,
-                         padding_text=padding_text(c["padding"], "conv", pads))
+            sheet, r0, c0 = maps.start(o)
             first_in = (o // (cout // groups)) * cin   # the group's first input channel
-            explain = text("stage.conv_explain", channel=o, cin=cin, wsheet=wsheet)
-            if groups > 1:
-                explain += " " + text("stage.conv_groups", groups=groups, c0=first_in, c1=first_in + cin - 1)
-            if along_width:
-                explain += " " + text("stage.bias_along_width", channel=o, n=cout)
-            sheet = book.add_sheet(name, title, explain, map_width=ow)
-            r0, c0 = FIRST_ROW, FIRST_COL
-            sheet.axis_labels(r0, c0, oh, ow)
-            partial_col = c0 + ow + 1 if fn == "linear" else c0 + 2 * (ow + 1)
             for i in range(oh):
                 for j in range(ow):
                     terms = [(first_in + k, k, conv_term(x, first_in + k, o, taps_h[i], taps_w[j], kernel_range,
                                                          dh, dw, k)) for k in range(cin)]
-                    tail = f"+{bias_cell(j if along_width else o)}" if bias is not None else ""
-                    formula = self._sum(sheet, terms, tail, i, j, partial_col, ow, x, o, taps_h[i], taps_w[j],
+                    b = o if bias_axis == 0 else (i if bias_axis == 1 else j)
+                    tail = f"+{bias_cell(b)}" if bias is not None else ""
+                    formula = self._sum(maps, o, terms, tail, i, j, first_partial_block, x, taps_h[i], taps_w[j],
                                         kernel)
                     sheet.formula(r0 + i, c0 + j, formula, z[o, i, j])
-            sheet.color_scale(r0, c0, r0 + oh - 1, c0 + ow - 1, values=z[o])
-            places.append((name, r0, c0))
-        places, out = write_activation_blocks(ctx, fn, places, z, text("stage.z_block"))
-        values = np.moveaxis(out, 0, channel_axis)
-        return Tensor(self.name, values, channel_axis, places)
+            places.append((sheet.name, r0, c0))
+        maps.color_all(0, z)
+        places, out = write_activation_blocks(maps, fn, places, z, text("stage.z_block"))
+        return Tensor.from_chw(self.name, out, rank, channel_axis, places)
 
-    def _sum(self, sheet, terms, tail, i, j, partial_col, ow, x, o, taps_i, taps_j, kernel):
+    def _sum(self, maps, o, terms, tail, i, j, first_block, x, taps_i, taps_j, kernel):
         """Join the per-channel terms [(input channel, kernel index, text)]; past Excel's formula
-        limit, move chunks of channels to partial-sum cells."""
+        limit, move chunks of channels to partial-sum cells, in blocks to the right."""
         live = [t for _, _, t in terms if t]
         formula = "+".join(live) + tail
         if not live:
             return tail[1:] if tail else "0"
         if len(formula) <= FORMULA_LIMIT:
             return formula
-        # Split by input channel into chunks that each fit, written in blocks to the right.
+        # Split by input channel into chunks that each fit.
         chunks, current, size = [], [], 0
         for ci, k, t in terms:
             if t is None:
@@ -210,16 +238,33 @@ class Conv2DWriter(LayerWriter):
         chunks.append(current)
         refs = []
         x_chw = x.chw()
-        for k, chunk in enumerate(chunks):
-            col = partial_col + k * (ow + 1)
-            if i == 0 and j == 0:
-                c_first, c_last = chunk[0][0], chunk[-1][0]
-                sheet.label(FIRST_ROW - 2, col, text("stage.partial", c0=c_first, c1=c_last), sheet.book.fmt_header)
+        book = maps.ctx.book
+        for n, chunk in enumerate(chunks):
+            sheet = maps.sheet(o)
+            r0, col = maps.origin(o, first_block + n)
+            if i == 0 and j == 0 and (o == 0 or not maps.one_sheet):
+                sheet.label(r0 - 2, col, text("stage.partial", c0=chunk[0][0], c1=chunk[-1][0]), book.fmt_header)
             part = 0.0
             for ci, k, _ in chunk:
                 for r, a in taps_i:
                     for q, b in taps_j:
                         part += x_chw[ci, r, q] * kernel[a, b, k, o]
-            sheet.formula(FIRST_ROW + i, col + j, "+".join(t for _, _, t in chunk), part, sheet.book.fmt_partial)
-            refs.append(rng(sheet.name, FIRST_ROW + i, col + j, FIRST_ROW + i, col + j))
+            sheet.formula(r0 + i, col + j, "+".join(t for _, _, t in chunk), part, book.fmt_partial)
+            refs.append(rng(sheet.name, r0 + i, col + j, r0 + i, col + j))
         return "+".join(refs) + tail
+
+
+@handles("Conv2D")
+class Conv2DWriter(ConvWriter):
+    pass
+
+
+def _conv1d_padding(value, _config):
+    return None if value in ("valid", "same", "causal") else \
+        f"{value!r} is not supported (supported: 'valid', 'same', 'causal')"
+
+
+@handles("Conv1D")
+class Conv1DWriter(ConvWriter):
+    one_d = True
+    options = {**ConvWriter.options, "padding": _conv1d_padding}

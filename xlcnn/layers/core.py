@@ -26,15 +26,18 @@ class ActivationWriter(LayerWriter):
             values, col = write_1d_activation(sheet, FIRST_COL, r0, x.values, fn, c0, src)
             sheet.axis_labels(FIRST_ROW, FIRST_COL, len(values), 0)
             return Tensor(self.name, values, None, [(name, FIRST_ROW, col)])
-        if x.rank != 3:
+        if x.rank not in (2, 3):
             self.refuse(f"inputs of rank {x.rank} are not supported")
-        if fn == "softmax":
+        if fn == "softmax" and x.rank == 3:
             return write_softmax_maps(ctx, self, x)
         if fn in act.NOT_ELEMENTWISE:
-            self.refuse(f"{fn} over a 3-D feature map is not supported yet; apply it after Flatten or Dense")
+            self.refuse(f"{fn} over a {x.rank - 1}-D feature map is not supported yet; apply it after Flatten "
+                        "or Dense")
         formula, fn_values = act.ELEMENTWISE[fn]
 
         def title(channel):
+            if channel is None:
+                return text("stage.activation_1d", step=ctx.step, name=self.name, kind=self.kind, fn=fn)
             return text("stage.activation", step=ctx.step, name=self.name, kind=self.kind, fn=fn,
                         channel=channel, channels=x.channels)
         return write_cellwise_stage(ctx, self, x, fn_values(x.values), lambda index: formula(x.cell_at(index)), title)
@@ -54,7 +57,8 @@ class FlattenWriter(LayerWriter):
             perm = list(range(1, x.rank)) + [0]
             refs, vals = refs.transpose(perm), vals.transpose(perm)
             origin = origin.transpose(perm + [x.rank]) if origin is not None else None
-        return refs.reshape(-1), vals.reshape(-1), (origin.reshape(-1, 3) if origin is not None else None)
+        return (refs.reshape(-1), vals.reshape(-1),
+                (origin.reshape(-1, origin.shape[-1]) if origin is not None else None))
 
     def write(self, ctx, x):
         refs, values, origin = self.order(x)
@@ -70,12 +74,12 @@ class FlattenWriter(LayerWriter):
                                           data_format=fmt),
                                text("stage.flatten_explain", order=order))
         sheet.label(FIRST_ROW - 1, FIRST_COL, "value", book.fmt_header)
-        sheet.label(FIRST_ROW - 1, FIRST_COL + 1, "from (channel, row, col)", book.fmt_header)
+        sheet.label(FIRST_ROW - 1, FIRST_COL + 1, "comes from", book.fmt_header)
         for i, (r, v) in enumerate(zip(refs, values)):
             sheet.formula(FIRST_ROW + i, FIRST_COL, r, v)
             sheet.ws.write_number(FIRST_ROW + i, 0, i, book.fmt_axis)
             if origin is not None:
-                sheet.label(FIRST_ROW + i, FIRST_COL + 1, "c{} r{} c{}".format(*origin[i]))
+                sheet.label(FIRST_ROW + i, FIRST_COL + 1, x.origin_text(origin[i]))
         sheet.ws.set_column(FIRST_COL + 1, FIRST_COL + 1, 22)
         return Tensor(self.name, values, None, [(name, FIRST_ROW, FIRST_COL)])
 

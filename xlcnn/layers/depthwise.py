@@ -1,4 +1,4 @@
-"""DepthwiseConv2D and SeparableConv2D.
+"""DepthwiseConv2D and SeparableConv2D, and their 1-D twins DepthwiseConv1D and SeparableConv1D.
 
 A depthwise convolution never mixes channels: output channel c × depth_multiplier + m is input
 channel c convolved with its own kernel m. The geometry ('same' padding, strides, dilation, clipped
@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
-from .base import (LayerWriter, activation_option, bias_along_width, handles, ok, one_of, padding_text, pair,
-                   window_geometry, write_activation_blocks, write_weight_matrix)
-from .conv import FORMULA_LIMIT, _must_be_none, _positive_pair, conv_term, conv_values, write_conv_weights
+from .base import (LayerWriter, MapSheets, Window, activation_option, bias_along_width, handles, ok, one_of,
+                   which_text, write_activation_blocks, write_weight_matrix)
+from .conv import (FORMULA_LIMIT, _must_be_none, _positive_pair, add_bias, conv_term, conv_values,
+                   write_conv_weights)
 
 
 def _groups_one(value, _config):
@@ -40,41 +43,60 @@ COMMON_OPTIONS = {
 
 
 class _DepthwiseBase(LayerWriter):
-    """The depthwise step, shared by both layers."""
+    """The depthwise step, shared by the four layers; a 1-D layer's maps are (steps x 1) columns."""
+    one_d = False
 
-    def bias_along_width(self, channels, width):
-        """Keras 3 on TensorFlow adds bias[j] to column j when a channels_first output is as wide as
-        it has channels; the trained model computes that, so the workbook does too, and says so."""
+    @property
+    def rank(self):
+        return 2 if self.one_d else 3
+
+    @property
+    def window(self):
+        return Window.from_config(self.config, "kernel_size", self.one_d)
+
+    def as4(self, kernel):
+        """A 1-D kernel (k, in, out) as (k, 1, in, out), the 2-D frame of the maps."""
+        kernel = np.asarray(kernel, dtype=np.float64)
+        return kernel[:, None] if self.one_d else kernel
+
+    def bias_axis(self, channels, oh, ow):
+        """Keras 3 on TensorFlow adds bias[j] at position j of the last axis when a channels_first
+        output is as long there as it has channels (see base.bias_along_width): the axis of the
+        (channels, h, w) maps it lands on, 0 when it is added per channel as usual."""
         c = self.config
-        return bool(c["use_bias"]) and bias_along_width(self.layer, c["data_format"], width, channels)
+        last = oh if self.one_d else ow
+        if c["use_bias"] and bias_along_width(self.layer, c["data_format"], last, channels, self.rank):
+            return 1 if self.one_d else 2
+        return 0
 
     def geometry(self, x):
         c = self.config
-        channel_axis = 0 if c["data_format"] == "channels_first" else 2
-        if x.rank != 3 or x.channel_axis != channel_axis:
-            self.refuse(f"expects a 3-D {c['data_format']} input, got shape {x.values.shape}")
+        channel_axis = 0 if c["data_format"] == "channels_first" else self.rank - 1
+        if x.rank != self.rank or x.channel_axis != channel_axis:
+            self.refuse(f"expects a {self.rank}-D {c['data_format']} input, "
+                        f"got shape {x.values.shape}")
         fn = act.activation_name(c["activation"])
         if fn in ("softmax", "log_softmax"):
             self.refuse(f"a fused {fn} on a convolution ({fn} over channels) is not supported yet; "
                         "use a Dense layer or an Activation after Flatten")
-        (sh, sw), (dh, dw) = pair(c["strides"]), pair(c["dilation_rate"])
-        kh, kw = pair(c["kernel_size"])
+        geo = self.window
         H, W = x.hw
-        oh, taps_h, pads_h = window_geometry(H, kh, sh, dh, c["padding"])
-        ow, taps_w, pads_w = window_geometry(W, kw, sw, dw, c["padding"])
+        (oh, taps_h, pads_h), (ow, taps_w, pads_w) = geo.apply(H, W)
         if oh < 1 or ow < 1:
             self.refuse(f"the kernel does not fit the {H}×{W} input")
-        return channel_axis, fn, (kh, kw), (sh, sw), (dh, dw), (oh, ow), (taps_h, taps_w), (pads_h, pads_w)
+        return Geometry(channel_axis, fn, geo, (oh, ow), (taps_h, taps_w), (pads_h, pads_w))
 
     def write_depthwise_weights(self, ctx, kernel, bias):
         """conv.py's weight sheet, for a kernel (kh, kw, C, M) seen as (kh, kw, 1, C·M), relabelled."""
         kh, kw, cin, dm = kernel.shape
         flat = kernel.reshape(kh, kw, 1, cin * dm)   # block o = c*dm + m holds kernel[:, :, c, m]
-        wsheet, kernel_range, bias_cell = write_conv_weights(ctx, self.name, flat, bias)
+        kernel_text = f"{kh}" if self.one_d else f"{kh}×{kw}"
+        wsheet, kernel_range, bias_cell = write_conv_weights(ctx, self.name, flat, bias, kind=self.kind,
+                                                             kernel_text=kernel_text)
         sheet = ctx.book.sheets[wsheet]
         note = text("depthwise.bias_note") if bias is not None else text("depthwise.no_bias_note")
-        sheet.ws.write(0, FIRST_COL, text("depthwise.weights_title", name=self.name, kind=self.kind, kh=kh, kw=kw,
-                                          cin=cin, dm=dm, bias_note=note), ctx.book.fmt_title)
+        sheet.ws.write(0, FIRST_COL, text("depthwise.weights_title", name=self.name, kind=self.kind,
+                                          kernel=kernel_text, cin=cin, dm=dm, bias_note=note), ctx.book.fmt_title)
         sheet.label(FIRST_ROW - 1, FIRST_COL + 2, text("depthwise.kernel_label"), ctx.book.fmt_header)
         if bias is None:
             sheet.label(FIRST_ROW - 1, FIRST_COL, "", ctx.book.fmt_label)
@@ -84,42 +106,61 @@ class _DepthwiseBase(LayerWriter):
         sheet.ws.set_column(0, 0, 12)
         return wsheet, (lambda o, _ci, a0, a1, b0, b1: kernel_range(o, 0, a0, a1, b0, b1)), bias_cell
 
-    def write_depthwise_maps(self, ctx, x, kernel, bias, geo, with_bias, title_of, explain_of, suffix,
-                             along_width=False):
-        """One sheet per depthwise output channel o (reads input channel o // M only); with
-        along_width, column j gets bias[j] (Keras's quirk, see bias_along_width).
-        Returns (z of shape (C·M, oh, ow), places, wsheet)."""
-        _, fn, (kh, kw), strides, (dh, dw), (oh, ow), (taps_h, taps_w), pads = geo
+    def write_depthwise_maps(self, ctx, x, kernel, bias, geo, title_of, explain_of, suffix, bias_axis=0):
+        """Depthwise output channel o reads input channel o // M only; with bias_axis 1 or 2 the
+        bias goes along that axis of the maps (Keras's quirk, see bias_axis).
+        Returns (z of shape (C·M, oh, ow), places, maps)."""
+        (oh, ow), (taps_h, taps_w) = geo.out, geo.taps
+        (dh, dw) = geo.window.dilation
         cin, dm = kernel.shape[2], kernel.shape[3]
-        wsheet, kernel_range, bias_cell = self.write_depthwise_weights(ctx, kernel, bias if with_bias else None)
+        wsheet, kernel_range, bias_cell = self.write_depthwise_weights(ctx, kernel, bias)
         x_chw = x.chw()
         z = np.empty((cin * dm, oh, ow))
-        places = []
         for o in range(cin * dm):
             c, m = divmod(o, dm)
-            z[o] = conv_values(x_chw[c:c + 1], kernel[:, :, c:c + 1, m:m + 1], None, strides, (dh, dw), pads)[0]
-            if with_bias and bias is not None:
-                z[o] += bias[None, :] if along_width else bias[o]
-            name = ctx.sheet_name(self.name, f"{suffix} c{o}")
-            sheet = ctx.book.add_sheet(name, title_of(o, c, m), explain_of(o, c, wsheet), map_width=ow)
-            sheet.axis_labels(FIRST_ROW, FIRST_COL, oh, ow)
+            z[o] = conv_values(x_chw[c:c + 1], kernel[:, :, c:c + 1, m:m + 1], None, geo.window.strides,
+                               geo.window.dilation, geo.pads)[0]
+        z = add_bias(z, bias, bias_axis)
+        maps = MapSheets(ctx, self.name, cin * dm, oh, ow, self.rank, title_of,
+                         lambda o: explain_of(o, wsheet), suffix)
+        places = []
+        for o in range(cin * dm):
+            c = o // dm
+            sheet, r0, c0 = maps.start(o)
             for i in range(oh):
                 for j in range(ow):
                     term = conv_term(x, c, o, taps_h[i], taps_w[j], kernel_range, dh, dw)
-                    tail = bias_cell(j if along_width else o) if with_bias and bias is not None else ""
+                    b = o if bias_axis == 0 else (i if bias_axis == 1 else j)
+                    tail = bias_cell(b) if bias is not None else ""
                     formula = "+".join(t for t in (term, tail) if t) or "0"
-                    sheet.formula(FIRST_ROW + i, FIRST_COL + j, formula, z[o, i, j])
-            sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + oh - 1, FIRST_COL + ow - 1, values=z[o])
-            places.append((name, FIRST_ROW, FIRST_COL))
-        return z, places, wsheet
+                    sheet.formula(r0 + i, c0 + j, formula, z[o, i, j])
+            places.append((sheet.name, r0, c0))
+        maps.color_all(0, z)
+        return z, places, maps
 
     def describe(self):
         c = self.config
-        kh, kw = pair(c["kernel_size"])
         fn = act.activation_name(c["activation"])
         extra = f", then {fn}" if fn != "linear" else ""
-        return (f"depthwise {kh}×{kw} × multiplier {c['depth_multiplier']}, stride {pair(c['strides'])}, "
-                f"dilation {pair(c['dilation_rate'])}, padding {c['padding']}{extra}")
+        return (f"depthwise, {self.window.text('kernel')} × multiplier {c['depth_multiplier']}, "
+                f"padding {c['padding']}{extra}")
+
+
+@dataclass
+class Geometry:
+    channel_axis: int
+    fn: str                 # the fused activation
+    window: Window
+    out: tuple              # (oh, ow)
+    taps: tuple             # (taps_h, taps_w)
+    pads: tuple             # ((top, bottom), (left, right))
+
+
+def _which(one_d, o, channels, dm):
+    if one_d:
+        return which_text(True, o, channels)
+    c, m = divmod(o, dm)
+    return text("depthwise.which", channel=o, channels=channels, cin_channel=c, m=m)
 
 
 @handles("DepthwiseConv2D")
@@ -128,26 +169,35 @@ class DepthwiseConv2DWriter(_DepthwiseBase):
 
     def write(self, ctx, x):
         geo = self.geometry(x)
-        channel_axis, fn, (kh, kw), (sh, sw), (dh, dw), _, _, pads = geo
         weights = self.weights()
-        kernel = weights[0]
+        kernel = self.as4(weights[0])
         bias = weights[1] if self.config["use_bias"] else None
         cin, dm = kernel.shape[2], kernel.shape[3]
-        along_width = bias is not None and self.bias_along_width(cin * dm, geo[5][1])
-        ptext = padding_text(self.config["padding"], "conv", pads)
+        bias_axis = self.bias_axis(cin * dm, *geo.out) if bias is not None else 0
+        ptext = geo.window.padding_text("conv", geo.pads)
 
-        def title_of(o, c, m):
-            return text("depthwise.stage", step=ctx.step, name=self.name, channel=o, channels=cin * dm,
-                        cin_channel=c, m=m, kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, padding_text=ptext)
+        def title_of(o):
+            return text("depthwise.stage", step=ctx.step, name=self.name, kind=self.kind,
+                        which=_which(self.one_d, o, cin * dm, dm), geometry=geo.window.text("kernel"),
+                        padding_text=ptext)
 
-        def explain_of(o, c, wsheet):
-            note = " " + text("stage.bias_along_width", channel=o, n=cin * dm) if along_width else ""
+        def explain_of(o, wsheet):
+            c = "o ÷ multiplier" if o is None else o // dm
+            note = ""
+            if bias_axis:
+                note = " " + text("stage.bias_along_steps" if self.one_d else "stage.bias_along_width",
+                                  channel="o" if o is None else o, n=cin * dm)
             return text("depthwise.explain", cin_channel=c, dm=dm, wsheet=wsheet) + note
 
-        z, places, _ = self.write_depthwise_maps(ctx, x, kernel, bias, geo, True, title_of, explain_of, "",
-                                                 along_width)
-        places, out = write_activation_blocks(ctx, fn, places, z, text("stage.z_block"))
-        return Tensor(self.name, np.moveaxis(out, 0, channel_axis), channel_axis, places)
+        z, places, maps = self.write_depthwise_maps(ctx, x, kernel, bias, geo, title_of, explain_of, "", bias_axis)
+        places, out = write_activation_blocks(maps, geo.fn, places, z, text("stage.z_block"))
+        return Tensor.from_chw(self.name, out, self.rank, geo.channel_axis, places)
+
+
+@handles("DepthwiseConv1D")
+class DepthwiseConv1DWriter(DepthwiseConv2DWriter):
+    one_d = True
+    options = dict(COMMON_OPTIONS, padding=one_of("valid", "same", "causal"))
 
 
 @handles("SeparableConv2D")
@@ -162,56 +212,64 @@ class SeparableConv2DWriter(_DepthwiseBase):
 
     def write(self, ctx, x):
         geo = self.geometry(x)
-        channel_axis, fn, (kh, kw), (sh, sw), (dh, dw), (oh, ow), _, pads = geo
+        (oh, ow) = geo.out
         layer = self.layer
-        dk = np.asarray(layer.depthwise_kernel.numpy(), dtype=np.float64)
+        dk = self.as4(layer.depthwise_kernel.numpy())
         pk = np.asarray(layer.pointwise_kernel.numpy(), dtype=np.float64)
         bias = np.asarray(layer.bias.numpy(), dtype=np.float64) if self.config["use_bias"] else None
-        mid, filters = pk.shape[2], pk.shape[3]
+        mid, filters = pk.shape[-2], pk.shape[-1]
         pw = pk.reshape(mid, filters)
-        along_width = bias is not None and self.bias_along_width(filters, ow)
-        ptext = padding_text(self.config["padding"], "conv", pads)
+        bias_axis = self.bias_axis(filters, oh, ow) if bias is not None else 0
+        ptext = geo.window.padding_text("conv", geo.pads)
+        dm = dk.shape[3]
 
-        def title_of(o, c, m):
-            return text("depthwise.sep_dw_stage", step=ctx.step, name=self.name, channel=o, channels=mid,
-                        cin_channel=c, m=m, kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, padding_text=ptext)
+        def title_of(o):
+            return text("depthwise.sep_dw_stage", step=ctx.step, name=self.name, kind=self.kind,
+                        which=_which(self.one_d, o, mid, dm), geometry=geo.window.text("kernel"),
+                        padding_text=ptext)
 
-        def explain_of(o, c, wsheet):
+        def explain_of(o, wsheet):
+            c = "o ÷ multiplier" if o is None else o // dm
             return text("depthwise.sep_dw_explain", cin_channel=c, wsheet=wsheet, mid=mid)
 
-        d, dw_places, _ = self.write_depthwise_maps(ctx, x, dk, None, geo, False, title_of, explain_of, " dw")
-        d_t = Tensor(self.name, d, 0, dw_places)
+        d, dw_places, _ = self.write_depthwise_maps(ctx, x, dk, None, geo, title_of, explain_of, " dw")
+        d_t = Tensor.from_chw(self.name, d, self.rank, 0, dw_places)
         psheet, pw_cell, bias_cell = self.write_pointwise_weights(ctx, pw, bias)
-        z = np.einsum("mhw,mf->fhw", d, pw)
-        if bias is not None:
-            z += bias[None, None, :] if along_width else bias[:, None, None]
-        book = ctx.book
+        z = add_bias(np.einsum("mhw,mf->fhw", d, pw), bias, bias_axis)
+
+        def pw_title(f):
+            return text("depthwise.sep_pw_stage", step=ctx.step, name=self.name, kind=self.kind,
+                        which=which_text(self.one_d, f, filters))
+
+        def pw_explain(f):
+            note = ""
+            if bias_axis:
+                note = " " + text("stage.bias_along_steps" if self.one_d else "stage.bias_along_width",
+                                  channel="f" if f is None else f, n=filters)
+            return text("depthwise.sep_pw_explain", mid=mid, channel="f" if f is None else f, psheet=psheet) + note
+
+        maps = MapSheets(ctx, self.name, filters, oh, ow, self.rank, pw_title, pw_explain)
+        first_partial_block = 1 if geo.fn == "linear" else 2
         places = []
         for f in range(filters):
-            name = ctx.sheet_name(self.name, f" c{f}")
-            sheet = book.add_sheet(name, text("depthwise.sep_pw_stage", step=ctx.step, name=self.name, channel=f,
-                                              channels=filters),
-                                   text("depthwise.sep_pw_explain", mid=mid, channel=f, psheet=psheet) +
-                                   (" " + text("stage.bias_along_width", channel=f, n=filters) if along_width else ""),
-                                   map_width=ow)
-            sheet.axis_labels(FIRST_ROW, FIRST_COL, oh, ow)
-            partial_col = FIRST_COL + (ow + 1) * (1 if fn == "linear" else 2)
+            sheet, r0, c0 = maps.start(f)
             for i in range(oh):
                 for j in range(ow):
                     terms = [(m, f"{d_t.cell(m, i, j)}*{pw_cell(m, f)}", d[m, i, j] * pw[m, f]) for m in range(mid)]
-                    tail = f"+{bias_cell(j if along_width else f)}" if bias is not None else ""
-                    formula = self._pointwise_sum(sheet, terms, tail, i, j, partial_col, ow)
-                    sheet.formula(FIRST_ROW + i, FIRST_COL + j, formula, z[f, i, j])
-            sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + oh - 1, FIRST_COL + ow - 1, values=z[f])
-            places.append((name, FIRST_ROW, FIRST_COL))
-        places, out = write_activation_blocks(ctx, fn, places, z, text("stage.z_block"))
-        return Tensor(self.name, np.moveaxis(out, 0, channel_axis), channel_axis, places)
+                    b = f if bias_axis == 0 else (i if bias_axis == 1 else j)
+                    tail = f"+{bias_cell(b)}" if bias is not None else ""
+                    formula = self._pointwise_sum(maps, f, terms, tail, i, j, first_partial_block)
+                    sheet.formula(r0 + i, c0 + j, formula, z[f, i, j])
+            places.append((sheet.name, r0, c0))
+        maps.color_all(0, z)
+        places, out = write_activation_blocks(maps, geo.fn, places, z, text("stage.z_block"))
+        return Tensor.from_chw(self.name, out, self.rank, geo.channel_axis, places)
 
     def write_pointwise_weights(self, ctx, pw, bias):
         """Like Dense's weights: row 'bias', then row m = the weights from depthwise map m; column f."""
         mid, filters = pw.shape
         name = write_weight_matrix(ctx, self.name, " pw", pw, bias,
-                                   text("depthwise.pw_title", name=self.name, mid=mid, filters=filters),
+                                   text("depthwise.pw_title", name=self.name, kind=self.kind, mid=mid, filters=filters),
                                    lambda f: text("depthwise.pw_unit", f=f))
 
         def weight(m, f):
@@ -223,7 +281,7 @@ class SeparableConv2DWriter(_DepthwiseBase):
         return name, weight, bias_cell
 
     @staticmethod
-    def _pointwise_sum(sheet, terms, tail, i, j, partial_col, ow):
+    def _pointwise_sum(maps, f, terms, tail, i, j, first_block):
         """Σ map × weight; past Excel's formula limit, chunks go to partial-sum cells to the right."""
         formula = "+".join(t for _, t, _ in terms) + tail
         if len(formula) <= FORMULA_LIMIT:
@@ -237,12 +295,19 @@ class SeparableConv2DWriter(_DepthwiseBase):
             size += len(term[1]) + 1
         chunks.append(current)
         refs = []
+        sheet = maps.sheet(f)
         for k, chunk in enumerate(chunks):
-            col = partial_col + k * (ow + 1)
-            if i == 0 and j == 0:
-                sheet.label(FIRST_ROW - 2, col, text("depthwise.partial", c0=chunk[0][0], c1=chunk[-1][0]),
+            r0, col = maps.origin(f, first_block + k)
+            if i == 0 and j == 0 and (f == 0 or not maps.one_sheet):
+                sheet.label(r0 - 2, col, text("depthwise.partial", c0=chunk[0][0], c1=chunk[-1][0]),
                             sheet.book.fmt_header)
-            sheet.formula(FIRST_ROW + i, col + j, "+".join(t for _, t, _ in chunk), sum(v for _, _, v in chunk),
+            sheet.formula(r0 + i, col + j, "+".join(t for _, t, _ in chunk), sum(v for _, _, v in chunk),
                           sheet.book.fmt_partial)
-            refs.append(rng(sheet.name, FIRST_ROW + i, col + j, FIRST_ROW + i, col + j))
+            refs.append(rng(sheet.name, r0 + i, col + j, r0 + i, col + j))
         return "+".join(refs) + tail
+
+
+@handles("SeparableConv1D")
+class SeparableConv1DWriter(SeparableConv2DWriter):
+    one_d = True
+    options = dict(SeparableConv2DWriter.options, padding=one_of("valid", "same", "causal"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, text
-from .base import LayerWriter, handles, ok, write_cellwise_stage
+from .base import LayerWriter, MapSheets, handles, ok, which_text, write_cellwise_stage
 
 _ELEMENTWISE = {
     # Keras class -> (formula from the input cell references, float64 reduction, words)
@@ -74,11 +74,11 @@ class ConcatenateWriter(LayerWriter):
         axis = axis - 1 if axis > 0 else rank + axis   # Keras counts the batch axis
         if not 0 <= axis < rank or any(t.rank != rank for t in inputs):
             self.refuse(f"axis {self.config['axis']} does not fit inputs of rank {rank}")
-        if rank == 3 and any(t.channel_axis != first.channel_axis for t in inputs):
+        if rank > 1 and any(t.channel_axis != first.channel_axis for t in inputs):
             self.refuse("inputs with different data formats cannot be joined")
         out = np.concatenate([t.values for t in inputs], axis=axis)
-        if rank == 3 and axis == first.channel_axis:
-            # nothing to compute: the joined channels are the inputs' own channel sheets
+        if rank > 1 and axis == first.channel_axis:
+            # nothing to compute: the joined channels are the inputs' own channel maps
             places = [p for t in inputs for p in t.places]
             return Tensor(self.name, out, first.channel_axis, places)
         refs = np.concatenate([t.ref_array() for t in inputs], axis=axis)
@@ -90,18 +90,18 @@ class ConcatenateWriter(LayerWriter):
                 sheet.formula(FIRST_ROW + i, FIRST_COL, r, v)
             sheet.axis_labels(FIRST_ROW, FIRST_COL, len(out), 0)
             return Tensor(self.name, out, None, [(name, FIRST_ROW, FIRST_COL)])
-        refs_chw = np.moveaxis(refs, first.channel_axis, 0)
-        out_chw = np.moveaxis(out, first.channel_axis, 0)
+        refs_chw = Tensor(self.name, refs, first.channel_axis, []).chw()
+        out_chw = Tensor(self.name, out, first.channel_axis, []).chw()
         c, h, w = out_chw.shape
+        maps = MapSheets(ctx, self.name, c, h, w, rank,
+                         lambda ch: text("stage.concat", step=ctx.step, name=self.name, axis=self.config["axis"],
+                                         which=which_text(rank == 2, ch, c, False)))
         places = []
         for ch in range(c):
-            name = ctx.sheet_name(self.name, f" c{ch}")
-            sheet = book.add_sheet(name, text("stage.concat", step=ctx.step, name=self.name,
-                                              axis=self.config["axis"], channel=ch, channels=c), map_width=w)
-            sheet.axis_labels(FIRST_ROW, FIRST_COL, h, w)
+            sheet, r0, c0 = maps.start(ch)
             for i in range(h):
                 for j in range(w):
-                    sheet.formula(FIRST_ROW + i, FIRST_COL + j, refs_chw[ch, i, j], out_chw[ch, i, j])
-            sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + h - 1, FIRST_COL + w - 1, values=out_chw[ch])
-            places.append((name, FIRST_ROW, FIRST_COL))
+                    sheet.formula(r0 + i, c0 + j, refs_chw[ch, i, j], out_chw[ch, i, j])
+            places.append((sheet.name, r0, c0))
+        maps.color_all(0, out_chw)
         return Tensor(self.name, out, first.channel_axis, places)

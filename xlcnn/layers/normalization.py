@@ -91,7 +91,7 @@ class ParamSheet:
             layout = text("elementwise.params_by_index") if n > 1 else text("elementwise.params_scalars")
             self.mode = "table"
         else:
-            chw = [np.moveaxis(a, x.channel_axis, 0) for a in self.arrays]
+            chw = [Tensor("", a, x.channel_axis, []).chw() for a in self.arrays]
             self.table = all(a.shape[1] == 1 and a.shape[2] == 1 for a in chw)
             n = max(a.shape[0] for a in chw)
             if self.table:
@@ -145,7 +145,8 @@ class ParamSheet:
             row, col = FIRST_ROW + p[self.x.channel_axis], self.cols[k]
         else:
             c = p[self.x.channel_axis]
-            i, j = (v for n, v in enumerate(p) if n != self.x.channel_axis)
+            spatial = [v for n, v in enumerate(p) if n != self.x.channel_axis]
+            i, j = (spatial[0], spatial[1]) if len(spatial) == 2 else (spatial[0], 0)
             row, col = FIRST_ROW + c * self.stride + i, self.cols[k] + j
         return rng(self.name, row, col, row, col, absolute=True)
 
@@ -228,7 +229,7 @@ class BatchNormalizationWriter(LayerWriter):
             self.refuse(f"axis={axis} does not exist for an input of shape {x.values.shape}")
         axis = axis % rank - 1
         want = 0 if x.rank == 1 else x.channel_axis
-        if x.rank not in (1, 3) or axis != want:
+        if x.rank not in (1, 2, 3) or axis != want:
             self.refuse(f"axis={self.config['axis']} normalizes axis {axis} of the {x.values.shape} input, "
                         "which is not its channel axis; xlcnn supports BatchNormalization over channels only")
 

@@ -1,4 +1,4 @@
-"""MaxPooling2D and AveragePooling2D: MAX or AVERAGE of each window, with Keras's 'same' semantics.
+"""MaxPooling2D, AveragePooling2D and their 1-D twins: MAX or AVERAGE of each window, with Keras's 'same' semantics.
 
 Keras pads max pooling with -infinity and divides average pooling by the number of real cells, so
 in both cases the window is simply clipped at the border: MAX and AVERAGE of the real cells.
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layout import FIRST_COL, FIRST_ROW, Tensor, text
-from .base import LayerWriter, handles, one_of, padding_text, pair, window_geometry
+from ..layout import Tensor, text
+from .base import LayerWriter, MapSheets, Window, handles, one_of, pair, which_text
 
 
 def _positive_pair_or_none(value, _config):
@@ -34,6 +34,8 @@ def pool_values(x_chw, taps_h, taps_w, reduce):
 
 @handles("MaxPooling2D", "AveragePooling2D")
 class Pooling2DWriter(LayerWriter):
+    """One writer for max and average pooling in 1-D and 2-D, as Keras's base_pooling.py."""
+    one_d = False
     options = {
         "pool_size": _positive_pair_or_none, "strides": _positive_pair_or_none,
         "padding": one_of("valid", "same"),
@@ -42,46 +44,50 @@ class Pooling2DWriter(LayerWriter):
 
     @property
     def is_max(self):
-        return self.kind == "MaxPooling2D"
+        return self.kind.startswith("Max")
 
-    def geometry(self):
-        c = self.config
-        ph, pw = pair(c["pool_size"])
-        sh, sw = pair(c["strides"]) if c.get("strides") is not None else (ph, pw)
-        return (ph, pw), (sh, sw)
+    @property
+    def window(self):
+        return Window.from_config(self.config, "pool_size", self.one_d, default_strides_to_size=True)
 
     def describe(self):
-        (ph, pw), (sh, sw) = self.geometry()
         what = "max" if self.is_max else "average"
-        return f"{what} of {ph}×{pw} windows, stride {sh}×{sw}, padding {self.config['padding']}"
+        return f"{what} of windows: {self.window.text('pool', show_dilation=False)}, padding {self.config['padding']}"
 
     def write(self, ctx, x):
         c = self.config
-        channel_axis = 0 if c["data_format"] == "channels_first" else 2
-        if x.rank != 3 or x.channel_axis != channel_axis:
-            self.refuse(f"expects a 3-D {c['data_format']} input, got shape {x.values.shape}")
-        (ph, pw), (sh, sw) = self.geometry()
+        rank = 2 if self.one_d else 3
+        channel_axis = 0 if c["data_format"] == "channels_first" else rank - 1
+        if x.rank != rank or x.channel_axis != channel_axis:
+            self.refuse(f"expects a {rank}-D {c['data_format']} input, got shape {x.values.shape}")
+        geo = self.window
         H, W = x.hw
-        oh, taps_h, pads_h = window_geometry(H, ph, sh, 1, c["padding"])
-        ow, taps_w, pads_w = window_geometry(W, pw, sw, 1, c["padding"])
+        (oh, taps_h, pads_h), (ow, taps_w, pads_w) = geo.apply(H, W)
         if oh < 1 or ow < 1:
             self.refuse(f"the pool window does not fit the {H}×{W} input")
         fn = "MAX" if self.is_max else "AVERAGE"
         out = pool_values(x.chw(), taps_h, taps_w, np.max if self.is_max else np.mean)
         key = "pool_max" if self.is_max else "pool_avg"
-        book = ctx.book
+        ptext = geo.padding_text("pool", (pads_h, pads_w))
+
+        def title(ch):
+            return text(f"stage.{key}", step=ctx.step, name=self.name, kind=self.kind,
+                        which=which_text(self.one_d, ch, x.channels, output=False),
+                        geometry=geo.text("pool", show_dilation=False), padding_text=ptext)
+
+        maps = MapSheets(ctx, self.name, x.channels, oh, ow, rank, title, lambda _c: text(f"stage.{key}_explain"))
         places = []
         for ch in range(x.channels):
-            name = ctx.sheet_name(self.name, f" c{ch}")
-            title = text(f"stage.{key}", step=ctx.step, name=self.name, channel=ch, channels=x.channels,
-                         ph=ph, pw=pw, sh=sh, sw=sw,
-                         padding_text=padding_text(c["padding"], "pool", (pads_h, pads_w)))
-            sheet = book.add_sheet(name, title, text(f"stage.{key}_explain"), map_width=ow)
-            sheet.axis_labels(FIRST_ROW, FIRST_COL, oh, ow)
+            sheet, r0, c0 = maps.start(ch)
             for i, th in enumerate(taps_h):
                 for j, tw in enumerate(taps_w):
                     window = x.window(ch, th[0][0], th[-1][0], tw[0][0], tw[-1][0])
-                    sheet.formula(FIRST_ROW + i, FIRST_COL + j, f"{fn}({window})", out[ch, i, j])
-            sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + oh - 1, FIRST_COL + ow - 1, values=out[ch])
-            places.append((name, FIRST_ROW, FIRST_COL))
-        return Tensor(self.name, np.moveaxis(out, 0, channel_axis), channel_axis, places)
+                    sheet.formula(r0 + i, c0 + j, f"{fn}({window})", out[ch, i, j])
+            places.append((sheet.name, r0, c0))
+        maps.color_all(0, out)
+        return Tensor.from_chw(self.name, out, rank, channel_axis, places)
+
+
+@handles("MaxPooling1D", "AveragePooling1D")
+class Pooling1DWriter(Pooling2DWriter):
+    one_d = True

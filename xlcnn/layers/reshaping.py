@@ -1,6 +1,6 @@
 """Layers that move values without arithmetic, and the global poolings that reduce a whole map:
-ZeroPadding2D, Cropping2D, UpSampling2D (nearest), Reshape, GlobalAveragePooling2D,
-GlobalMaxPooling2D.
+ZeroPadding, Cropping, UpSampling (nearest) in 1-D and 2-D, Reshape, GlobalAveragePooling and
+GlobalMaxPooling in 1-D and 2-D.
 
 Every output cell is a formula: a copy of the one input cell it comes from (`='02 conv c0'!B4`),
 or, for ZeroPadding2D's border, the formula `=0`. The border could have been constants, but a stage
@@ -15,7 +15,7 @@ import importlib
 import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, text
-from .base import LayerWriter, handles, ok, one_of, pair
+from .base import LayerWriter, MapSheets, handles, ok, one_of, pair, which_text
 
 DATA_FORMATS = one_of("channels_last", "channels_first")
 
@@ -38,30 +38,29 @@ def _non_negative_pairs(value, _config):
     return None
 
 
-def check_layout(writer, x):
-    """The layer's data_format must name the axis x keeps one sheet per channel for."""
+def check_layout(writer, x, rank=3):
+    """The layer's data_format must name the axis x keeps its channels on. 1-D layers without a
+    data_format (Cropping1D, UpSampling1D) work on axis 1, the steps of a channels_last signal."""
     fmt = writer.config.get("data_format") or "channels_last"
-    channel_axis = 0 if fmt == "channels_first" else 2
-    if x.rank != 3 or x.channel_axis != channel_axis:
-        writer.refuse(f"expects a 3-D {fmt} input, got shape {x.values.shape}")
+    channel_axis = 0 if fmt == "channels_first" else rank - 1
+    if x.rank != rank or x.channel_axis != channel_axis:
+        writer.refuse(f"expects a {rank}-D {fmt} input, got shape {x.values.shape}")
     return channel_axis
 
 
-def write_copy_maps(ctx, writer, x_out_chw, source, channel_axis, title_of, explain):
-    """One sheet per output channel; cell (i, j) = source(c, i, j), a reference, or None for 0."""
-    book = ctx.book
+def write_copy_maps(ctx, writer, x_out_chw, source, channel_axis, title_of, explain, rank=3):
+    """The output maps (MapSheets); cell (i, j) of channel c = source(c, i, j), a reference, or None for 0."""
     channels, h, w = x_out_chw.shape
+    maps = MapSheets(ctx, writer.name, channels, h, w, rank, title_of, lambda _c: explain)
     places = []
     for c in range(channels):
-        name = ctx.sheet_name(writer.name, f" c{c}")
-        sheet = book.add_sheet(name, title_of(c), explain, map_width=w)
-        sheet.axis_labels(FIRST_ROW, FIRST_COL, h, w)
+        sheet, r0, c0 = maps.start(c)
         for i in range(h):
             for j in range(w):
-                sheet.formula(FIRST_ROW + i, FIRST_COL + j, source(c, i, j) or "0", x_out_chw[c, i, j])
-        sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + h - 1, FIRST_COL + w - 1, values=x_out_chw[c])
-        places.append((name, FIRST_ROW, FIRST_COL))
-    return Tensor(writer.name, np.moveaxis(x_out_chw, 0, channel_axis), channel_axis, places)
+                sheet.formula(r0 + i, c0 + j, source(c, i, j) or "0", x_out_chw[c, i, j])
+        places.append((sheet.name, r0, c0))
+    maps.color_all(0, x_out_chw)
+    return Tensor.from_chw(writer.name, x_out_chw, rank, channel_axis, places)
 
 
 @handles("ZeroPadding2D")
@@ -72,9 +71,14 @@ class ZeroPadding2DWriter(LayerWriter):
         (t, b), (l, r) = _pairs(self.config["padding"])
         return f"zeros around the map: {t} row(s) above, {b} below, {l} column(s) left, {r} right"
 
+    rank = 3
+
+    def pads(self):
+        return _pairs(self.config["padding"])
+
     def write(self, ctx, x):
-        channel_axis = check_layout(self, x)
-        (t, b), (l, r) = _pairs(self.config["padding"])
+        channel_axis = check_layout(self, x, self.rank)
+        (t, b), (l, r) = self.pads()
         out = np.pad(x.chw(), ((0, 0), (t, b), (l, r)))
         H, W = x.hw
 
@@ -83,10 +87,12 @@ class ZeroPadding2DWriter(LayerWriter):
                 return x.cell(c, i - t, j - l)
             return None
 
+        key = "zero_padding" if self.rank == 3 else "zero_padding_1d"
         return write_copy_maps(ctx, self, out, source, channel_axis,
-                               lambda c: text("reshaping.zero_padding", step=ctx.step, name=self.name, channel=c,
-                                              channels=x.channels, top=t, bottom=b, left=l, right=r),
-                               text("reshaping.zero_padding_explain"))
+                               lambda c: text(f"reshaping.{key}", step=ctx.step, name=self.name, kind=self.kind,
+                                              which=which_text(self.rank == 2, c, x.channels, False),
+                                              top=t, bottom=b, left=l, right=r),
+                               text("reshaping.zero_padding_explain"), self.rank)
 
 
 @handles("Cropping2D")
@@ -97,17 +103,24 @@ class Cropping2DWriter(LayerWriter):
         (t, b), (l, r) = _pairs(self.config["cropping"])
         return f"cuts {t} row(s) above, {b} below, {l} column(s) left, {r} right"
 
+    rank = 3
+
+    def cuts(self):
+        return _pairs(self.config["cropping"])
+
     def write(self, ctx, x):
-        channel_axis = check_layout(self, x)
-        (t, b), (l, r) = _pairs(self.config["cropping"])
+        channel_axis = check_layout(self, x, self.rank)
+        (t, b), (l, r) = self.cuts()
         H, W = x.hw
-        if t + b >= H or l + r >= W:
+        if t + b >= H or (self.rank == 3 and l + r >= W):
             self.refuse(f"cropping {self.config['cropping']} leaves nothing of the {H}×{W} map")
         out = x.chw()[:, t:H - b, l:W - r]
+        key = "cropping" if self.rank == 3 else "cropping_1d"
         return write_copy_maps(ctx, self, out, lambda c, i, j: x.cell(c, i + t, j + l), channel_axis,
-                               lambda c: text("reshaping.cropping", step=ctx.step, name=self.name, channel=c,
-                                              channels=x.channels, top=t, bottom=b, left=l, right=r),
-                               text("reshaping.cropping_explain"))
+                               lambda c: text(f"reshaping.{key}", step=ctx.step, name=self.name, kind=self.kind,
+                                              which=which_text(self.rank == 2, c, x.channels, False),
+                                              top=t, bottom=b, left=l, right=r),
+                               text("reshaping.cropping_explain"), self.rank)
 
 
 def _positive_pair(value, _config):
@@ -130,14 +143,20 @@ class UpSampling2DWriter(LayerWriter):
         sh, sw = pair(self.config["size"])
         return f"nearest: each cell repeated {sh}×{sw}"
 
+    rank = 3
+
+    def sizes(self):
+        return pair(self.config["size"])
+
     def write(self, ctx, x):
-        channel_axis = check_layout(self, x)
-        sh, sw = pair(self.config["size"])
+        channel_axis = check_layout(self, x, self.rank)
+        sh, sw = self.sizes()
         out = np.repeat(np.repeat(x.chw(), sh, axis=1), sw, axis=2)
+        key = "upsampling" if self.rank == 3 else "upsampling_1d"
         return write_copy_maps(ctx, self, out, lambda c, i, j: x.cell(c, i // sh, j // sw), channel_axis,
-                               lambda c: text("reshaping.upsampling", step=ctx.step, name=self.name, channel=c,
-                                              channels=x.channels, sh=sh, sw=sw),
-                               text("reshaping.upsampling_explain", sh=sh, sw=sw))
+                               lambda c: text(f"reshaping.{key}", step=ctx.step, name=self.name, kind=self.kind,
+                                              which=which_text(self.rank == 2, c, x.channels, False), sh=sh, sw=sw),
+                               text("reshaping.upsampling_explain", sh=sh, sw=sw), self.rank)
 
 
 def _target_rank(value, _config):
@@ -145,9 +164,9 @@ def _target_rank(value, _config):
         shape = tuple(int(v) for v in value)
     except (TypeError, ValueError):
         return f"target_shape={value!r} is not a tuple of ints"
-    if len(shape) not in (1, 3):
-        return (f"target_shape={value!r} of rank {len(shape)} is not supported: xlcnn lays out 1-D tensors "
-                "(one column) and 3-D tensors (one sheet per channel)")
+    if len(shape) not in (1, 2, 3):
+        return (f"target_shape={value!r} of rank {len(shape)} is not supported: xlcnn lays out vectors, "
+                "signals (steps, channels) and image maps (height, width, channels)")
     return None
 
 
@@ -174,24 +193,26 @@ class ReshapeWriter(LayerWriter):
             sheet.label(FIRST_ROW - 1, FIRST_COL, text("reshaping.reshape_header"), book.fmt_header)
             origin = x.origin_array()
             if origin is not None:
-                origin = origin.reshape(-1, 3)
+                origin = origin.reshape(-1, origin.shape[-1])
                 sheet.label(FIRST_ROW - 1, FIRST_COL + 1, text("reshaping.reshape_from"), book.fmt_header)
                 sheet.ws.set_column(FIRST_COL + 1, FIRST_COL + 1, 22)
             for i, (r, v) in enumerate(zip(refs, values)):
                 sheet.formula(FIRST_ROW + i, FIRST_COL, r, v)
                 sheet.ws.write_number(FIRST_ROW + i, 0, i, book.fmt_axis)
                 if origin is not None:
-                    sheet.label(FIRST_ROW + i, FIRST_COL + 1, "c{} r{} c{}".format(*origin[i]))
+                    sheet.label(FIRST_ROW + i, FIRST_COL + 1, x.origin_text(origin[i]))
             return Tensor(self.name, values, None, [(name, FIRST_ROW, FIRST_COL)])
         fmt = ctx.next_data_format or _image_data_format(self.layer)
-        channel_axis = 0 if fmt == "channels_first" else 2
-        chw_refs = np.moveaxis(refs, channel_axis, 0)
-        order = f"{fmt}: channel axis {channel_axis} of {shape_text} is stored one sheet per channel."
-        return write_copy_maps(ctx, self, np.moveaxis(values, channel_axis, 0),
-                               lambda c, i, j: chw_refs[c, i, j], channel_axis,
-                               lambda c: text("reshaping.reshape_3d", step=ctx.step, name=self.name,
-                                              shape=shape_text, channel=c, channels=values.shape[channel_axis]),
-                               text("reshaping.reshape_explain", order=order))
+        rank = values.ndim
+        channel_axis = 0 if fmt == "channels_first" else rank - 1
+        chw_refs = Tensor(self.name, refs, channel_axis, []).chw()
+        where = "one sheet per channel" if rank == 3 else "one column per channel"
+        order = f"{fmt}: channel axis {channel_axis} of {shape_text} is stored {where}."
+        chw = Tensor(self.name, values, channel_axis, []).chw()
+        return write_copy_maps(ctx, self, chw, lambda c, i, j: chw_refs[c, i, j], channel_axis,
+                               lambda c: text("reshaping.reshape_3d", step=ctx.step, name=self.name, shape=shape_text,
+                                              which=which_text(rank == 2, c, values.shape[channel_axis], False)),
+                               text("reshaping.reshape_explain", order=order), rank)
 
 
 def _image_data_format(layer):
@@ -206,10 +227,11 @@ def _image_data_format(layer):
 @handles("GlobalAveragePooling2D", "GlobalMaxPooling2D")
 class GlobalPooling2DWriter(LayerWriter):
     options = {"data_format": DATA_FORMATS, "keepdims": ok}
+    rank = 3
 
     @property
     def is_max(self):
-        return self.kind == "GlobalMaxPooling2D"
+        return self.kind.startswith("GlobalMax")
 
     def describe(self):
         what = "max" if self.is_max else "average"
@@ -217,25 +239,87 @@ class GlobalPooling2DWriter(LayerWriter):
         return f"{what} of each whole map: one value per channel{keep}"
 
     def write(self, ctx, x):
-        channel_axis = check_layout(self, x)
+        channel_axis = check_layout(self, x, self.rank)
         H, W = x.hw
         fn = "MAX" if self.is_max else "AVERAGE"
         key = "global_max" if self.is_max else "global_avg"
         chw = x.chw().reshape(x.channels, -1)
         out = chw.max(axis=1) if self.is_max else chw.mean(axis=1)
         book = ctx.book
-        explain = text(f"reshaping.{key}_explain", h=H, w=W)
+        explain = text(f"reshaping.{key}_explain", size=f"{H}×{W}" if self.rank == 3 else f"{H}-step")
         if self.config.get("keepdims"):
             return write_copy_maps(ctx, self, out[:, None, None],
                                    lambda c, i, j: f"{fn}({x.window(c, 0, H - 1, 0, W - 1)})", channel_axis,
-                                   lambda c: text(f"reshaping.{key}_channel", step=ctx.step, name=self.name, channel=c,
-                                                  channels=x.channels),
-                                   explain)
+                                   lambda c: text(f"reshaping.{key}_channel", step=ctx.step, name=self.name,
+                                                  kind=self.kind,
+                                                  which=which_text(self.rank == 2, c, x.channels)),
+                                   explain, self.rank)
         name = ctx.sheet_name(self.name)
-        sheet = book.add_sheet(name, text(f"reshaping.{key}", step=ctx.step, name=self.name, channels=x.channels),
-                               explain)
+        sheet = book.add_sheet(name, text(f"reshaping.{key}", step=ctx.step, name=self.name, kind=self.kind,
+                                          channels=x.channels), explain)
         sheet.label(FIRST_ROW - 1, FIRST_COL, text("reshaping.global_header"), book.fmt_header)
         for c in range(x.channels):
             sheet.ws.write_number(FIRST_ROW + c, 0, c, book.fmt_axis)
             sheet.formula(FIRST_ROW + c, FIRST_COL, f"{fn}({x.window(c, 0, H - 1, 0, W - 1)})", out[c])
         return Tensor(self.name, out, None, [(name, FIRST_ROW, FIRST_COL)])
+
+
+# -- the 1-D twins: the same writers on signals (steps run down a column, see base.MapSheets) ----
+
+def _pair_1d(value):
+    """Keras's 1-D (before, after) from an int or a pair."""
+    return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+def _non_negative_pair_1d(value, _config):
+    try:
+        if any(v < 0 for v in _pair_1d(value)):
+            return f"{value!r} must not be negative"
+    except (TypeError, ValueError):
+        return f"{value!r} is not an int or a pair (before, after)"
+    return None
+
+
+@handles("ZeroPadding1D")
+class ZeroPadding1DWriter(ZeroPadding2DWriter):
+    rank = 2
+    options = {"padding": _non_negative_pair_1d, "data_format": DATA_FORMATS}
+
+    def pads(self):
+        return _pair_1d(self.config["padding"]), (0, 0)
+
+    def describe(self):
+        before, after = _pair_1d(self.config["padding"])
+        return f"zeros around the signal: {before} step(s) before, {after} after"
+
+
+@handles("Cropping1D")
+class Cropping1DWriter(Cropping2DWriter):
+    """Keras's Cropping1D has no data_format: it cuts axis 1, the steps of a channels_last signal."""
+    rank = 2
+    options = {"cropping": _non_negative_pair_1d}
+
+    def cuts(self):
+        return _pair_1d(self.config["cropping"]), (0, 0)
+
+    def describe(self):
+        before, after = _pair_1d(self.config["cropping"])
+        return f"cuts {before} step(s) at the start, {after} at the end"
+
+
+@handles("UpSampling1D")
+class UpSampling1DWriter(UpSampling2DWriter):
+    """Keras's UpSampling1D has no data_format: it repeats axis 1, the steps of a channels_last signal."""
+    rank = 2
+    options = {"size": lambda v, c: None if isinstance(v, int) and v >= 1 else f"size={v!r} must be a positive int"}
+
+    def sizes(self):
+        return int(self.config["size"]), 1
+
+    def describe(self):
+        return f"each step repeated {self.config['size']} times"
+
+
+@handles("GlobalAveragePooling1D", "GlobalMaxPooling1D")
+class GlobalPooling1DWriter(GlobalPooling2DWriter):
+    rank = 2

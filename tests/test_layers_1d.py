@@ -1,0 +1,146 @@
+"""1-D CNNs (signals: audio, sensors, ECG) and rank-2 tensors, proven against Keras through LibreOffice.
+
+Each case is a tiny real Keras model on a (steps, channels) or (channels, steps) input. As for the
+image layers: the cached values equal Keras; LibreOffice recalculates every formula and each stage
+equals Keras; a second input typed into the input cells, recalculated, still equals Keras.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import build_cases, check_case, keras, needs_libreoffice, stage_values
+
+
+def _cases():
+    """name -> (builder returning a Keras model, file suffix)."""
+    k = keras()
+    L = k.layers
+
+    def seq(shape, layers):
+        def make():
+            return keras().Sequential([keras().Input(shape), *layers()])
+        return make
+
+    def functional(make_graph):
+        def make():
+            return make_graph(keras())
+        return make
+
+    def resnet_reshape(kk):
+        # Dense features reshaped to a (5, 1) signal, a residual Conv1D block, as small ResNet-style nets do
+        x_in = kk.Input((4, 4, 1))
+        y = kk.layers.Conv2D(2, 2, activation="relu")(x_in)
+        y = kk.layers.Flatten()(y)
+        y = kk.layers.Dense(5)(y)
+        y = kk.layers.Reshape((5, 1))(y)
+        a = kk.layers.Conv1D(2, 3, padding="same", activation="relu")(y)
+        b = kk.layers.Conv1D(2, 1)(y)
+        y = kk.layers.Add()([a, b])
+        y = kk.layers.Concatenate(axis=1)([y, b])          # along the steps
+        y = kk.layers.Concatenate(axis=-1)([y, y])         # along the channels
+        y = kk.layers.Flatten()(y)
+        return kk.Model(x_in, kk.layers.Dense(2, activation="softmax")(y))
+
+    return {
+        "conv1d_causal_relu": (seq((12, 2), lambda: [
+            L.Conv1D(3, 3, padding="causal", activation="relu", bias_initializer="random_normal")]), ".keras"),
+        "conv1d_causal_dilated_stride2": (seq((13, 1), lambda: [
+            L.Conv1D(2, 3, padding="causal", dilation_rate=2), L.Conv1D(2, 2, strides=2, padding="causal")]),
+            ".keras"),
+        "conv1d_same_stride2_odd": (seq((11, 2), lambda: [
+            L.Conv1D(3, 4, strides=2, padding="same", activation="tanh", bias_initializer="random_normal")]), ".h5"),
+        "conv1d_valid_dilated_groups": (seq((14, 4), lambda: [
+            L.Conv1D(6, 3, dilation_rate=2, groups=2, use_bias=False), L.Conv1D(2, 2, strides=3)]), ".keras"),
+        "conv1d_channels_first": (seq((2, 15), lambda: [
+            L.Conv1D(3, 3, padding="same", data_format="channels_first", activation="elu"),
+            L.MaxPooling1D(2, padding="same", data_format="channels_first"),
+            L.AveragePooling1D(3, strides=2, data_format="channels_first"),
+            L.Flatten(data_format="channels_first"), L.Dense(3, activation="softmax")]), ".keras"),
+        # Keras 3 on TensorFlow adds the bias along the steps when a channels_first output's
+        # length equals its channel count (as for Conv2D's width)
+        "conv1d_channels_first_steps_equal_channels": (seq((2, 5), lambda: [
+            L.Conv1D(3, 3, data_format="channels_first", bias_initializer="random_normal")]), ".keras"),
+        "pools_1d": (seq((13, 2), lambda: [
+            L.MaxPooling1D(2, padding="same"), L.AveragePooling1D(3, strides=2, padding="same"),
+            L.MaxPooling1D(2, strides=1)]), ".keras"),
+        "global_pools_1d": (functional(lambda kk: (lambda x: kk.Model(x, kk.layers.Concatenate()([
+            kk.layers.GlobalAveragePooling1D()(x), kk.layers.GlobalMaxPooling1D()(x)])))(kk.Input((9, 3)))),
+            ".keras"),
+        "global_pools_1d_keepdims_cf": (seq((3, 8), lambda: [
+            L.GlobalMaxPooling1D(data_format="channels_first", keepdims=True), L.Flatten()]), ".keras"),
+        "pad_crop_upsample_1d": (seq((7, 2), lambda: [
+            L.ZeroPadding1D((1, 2)), L.Conv1D(2, 3), L.UpSampling1D(2), L.Cropping1D((1, 3))]), ".keras"),
+        "zero_padding_1d_channels_first": (seq((2, 6), lambda: [
+            L.ZeroPadding1D(2, data_format="channels_first"),
+            L.Conv1D(2, 3, data_format="channels_first")]), ".keras"),
+        "depthwise_separable_1d": (seq((12, 3), lambda: [
+            L.DepthwiseConv1D(3, depth_multiplier=2, padding="same", activation="relu",
+                              bias_initializer="random_normal"),
+            L.SeparableConv1D(4, 3, strides=2, padding="same", depth_multiplier=1, activation="swish")]),
+            ".keras"),
+        "cellwise_1d": (seq((10, 3), lambda: [
+            L.Conv1D(4, 3), L.BatchNormalization(beta_initializer="random_normal",
+                                                  moving_mean_initializer="random_normal",
+                                                  moving_variance_initializer="ones"),
+            L.LeakyReLU(negative_slope=0.2), L.Activation("sigmoid"), L.Dropout(0.3),
+            L.PReLU(alpha_initializer="random_normal", shared_axes=[1])]), ".keras"),
+        # a 2-D image without a channel axis, reshaped to (6, 5, 1), as old MNIST tutorials do
+        "rank2_image_input": (seq((6, 5), lambda: [
+            L.Reshape((6, 5, 1)), L.Conv2D(2, 3, padding="same", activation="relu"), L.Flatten(),
+            L.Dense(3, activation="softmax")]), ".keras"),
+        "reshape_map_to_signal": (seq((4, 4, 2), lambda: [
+            L.Conv2D(2, 2), L.Reshape((9, 2)), L.Conv1D(3, 2, activation="relu"), L.GlobalAveragePooling1D(),
+            L.Dense(2)]), ".keras"),
+        "resnet_reshape_5x1": (functional(resnet_reshape), ".keras"),
+    }
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return build_cases(_cases(), tmp_path_factory.mktemp("layers_1d"))
+
+
+@pytest.mark.parametrize("name", list(_cases()))
+def test_cached_values_equal_keras(built, name):
+    """The cached values xlcnn writes equal Keras's layer outputs (and xlcnn verify agrees)."""
+    check_case(built[name], "book")
+
+
+@needs_libreoffice
+@pytest.mark.parametrize("name", list(_cases()))
+def test_libreoffice_recalculation_equals_keras(built, name):
+    check_case(built[name], "lo")
+
+
+@needs_libreoffice
+@pytest.mark.parametrize("name", list(_cases()))
+def test_new_input_typed_into_cells_still_equals_keras(built, name):
+    check_case(built[name], "lo2")
+
+
+def test_signal_stage_is_one_sheet_with_a_column_per_channel(built):
+    """A 1-D stage is one sheet; channel c is column B+c, time running down; the manifest says so."""
+    case = built["conv1d_causal_relu"]
+    _, entries = stage_values(case["book"])
+    conv = [e for e in entries if e.klass == "Conv1D"]
+    assert [e.channel for e in conv] == [0, 1, 2]
+    assert len({e.sheet for e in conv}) == 1
+    # relu is fused: the output block is the second group of columns, one column per channel
+    starts = [e.range[1] for e in conv]
+    assert starts == [starts[0], starts[0] + 1, starts[0] + 2]
+    assert all(e.range[0] == 4 and e.range[2] == 4 + 12 - 1 and e.range[1] == e.range[3] for e in conv)
+    assert conv[0].shape == (12, 3) and conv[0].channel_axis == 1
+
+
+def test_causal_padding_reads_only_the_past(built):
+    """Output step t of a causal convolution reads input steps t-2..t, clipped at the start."""
+    import openpyxl
+    case = built["conv1d_causal_relu"]
+    _, entries = stage_values(case["book"])
+    conv = next(e for e in entries if e.klass == "Conv1D" and e.channel == 0)
+    ws = openpyxl.load_workbook(case["book"])[conv.sheet]
+    first, fifth = ws["B5"].value, ws["B9"].value      # z of steps 0 and 4, channel 0
+    assert "'01 input'!B5" in first and "'01 input'!B6" not in first and "'01 input'!B4" not in first
+    assert "'01 input'!B7:B9" in fifth and "'01 input'!C7:C9" in fifth
