@@ -309,7 +309,7 @@ def test_convolution_grid_matches_numpy(tmp_path):
     got = res.block("out", 2, 3, 2 + want.shape[0] - 1, 3 + want.shape[1] - 1)
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
     assert res.value("out", 2, 3) == pytest.approx(want[0, 0], rel=1e-13)
-    assert len(book._program.classes) == 1  # the whole grid is one vectorised step
+    assert len(book.program.classes) == 1  # the whole grid is one vectorised step
 
 
 def test_strided_pooling_and_flatten(tmp_path):
@@ -328,7 +328,7 @@ def test_strided_pooling_and_flatten(tmp_path):
     want = x.reshape(3, 2, 4, 2).max(axis=(1, 3))
     np.testing.assert_array_equal(res.block("pool", 0, 0, 2, 3), want)
     np.testing.assert_array_equal(res.block("flat", 0, 0, 11, 0)[:, 0], want.ravel())
-    assert len(book._program.classes) == 2  # strided pooling and the flatten copies: one each
+    assert len(book.program.classes) == 2  # strided pooling and the flatten copies: one each
 
 
 def test_formulas_differing_only_in_digits(tmp_path):
@@ -721,7 +721,7 @@ def test_agrees_with_libreoffice_recalculation(tmp_path):
 
 import importlib  # noqa: E402
 
-evaluate_module = importlib.import_module("xlcnn.formula.evaluate")
+program_module = importlib.import_module("xlcnn.formula.program")
 from xlcnn.formula.grouping import group_formulas, skeleton  # noqa: E402
 from xlcnn.formula.parser import SPLIT, col_index  # noqa: E402
 
@@ -741,11 +741,11 @@ def group_one_by_one(texts):
 def evaluate_one_by_one(book, monkeypatch, overrides=None):
     """Evaluate with every cell in its own class (no grouping, no shared matrix product)."""
     with monkeypatch.context() as m:
-        m.setattr(evaluate_module, "group_formulas", group_one_by_one)
-        m.setattr(evaluate_module, "parse", lambda key: parse(list(key[:-1])))
-        book._program = None
+        m.setattr(program_module, "group_formulas", group_one_by_one)
+        m.setattr(program_module, "parse", lambda key: parse(list(key[:-1])))
+        book.program = None
         res = evaluate(book, overrides=overrides)
-    book._program = None
+    book.program = None
     return res
 
 
@@ -798,7 +798,7 @@ def test_vectorised_equals_one_by_one_on_hand_written_formulas(tmp_path, monkeyp
     sheets["mix"].update({"B1": 2.0, "E1": 1.5, "E2": "text", "E3": True})
     book = make_book(tmp_path, sheets)
     fast = evaluate(book)
-    classes = book._program.classes
+    classes = book.program.classes
     assert sum(c.hosts is not None for c in classes) >= 1  # o1 and o2 together
     plans = [c.gather.get("dot") for c in classes if "dot" in c.gather]
     assert any(p is not False and p[2] for p in plans)  # a matrix product was used...
@@ -826,7 +826,7 @@ def test_vectorised_equals_one_by_one_on_an_xlcnn_workbook(tmp_path, monkeypatch
     build(root / "samples" / "lenet.keras", root / "samples" / "digits" / "digit_3.png", out)
     book = read_workbook(out)
     fast = evaluate(book)
-    assert len(book._program.classes) < len(book.formulas) / 50
+    assert len(book.program.classes) < len(book.formulas) / 50
     slow = evaluate_one_by_one(book, monkeypatch)
     for (sheet, r, c) in book.formulas:
         a, b = fast.value(sheet, r, c), slow.value(sheet, r, c)

@@ -124,3 +124,27 @@ def group_formulas(texts):
             A = np.frombuffer(blob, np.uint8).reshape(len(idx), length)
             _split_matrix(A, texts, idx, out)
     return out
+
+def row_ids(K):
+    """(index of one row per distinct row, id of each row's distinct row) of an int array
+    (n, m).  Rows compare after subtracting the first row (same distinctness) and dropping
+    repeated columns, so a key of many columns that move together costs one column."""
+    n = len(K)
+    D = K - K[0]
+    D = D[:, (D != 0).any(0)]
+    if D.shape[1] == 0:
+        return np.zeros(1, np.int64), np.zeros(n, np.int64)
+    if D.shape[1] > 1:  # distinct columns: fingerprint, then check the dropped ones exactly
+        finger = np.random.default_rng(0).random(n) @ D
+        _, keep, which = np.unique(finger, return_index=True, return_inverse=True)
+        same = (D == D[:, keep[which.ravel()]]).all(0)
+        D = D[:, np.union1d(keep, np.flatnonzero(~same))]
+    code = np.zeros(n, np.int64)
+    for col in D.T:
+        _, col = np.unique(col, return_inverse=True)
+        code = code * (int(col.max()) + 1) + col.ravel()
+        if code.max() > (1 << 40):  # keep the mixed-radix code small
+            _, code = np.unique(code, return_inverse=True)
+            code = code.ravel()
+    _, first, inv = np.unique(code, return_index=True, return_inverse=True)
+    return first, inv.ravel()

@@ -54,7 +54,7 @@ class Book:
         self._fcells = {}               # sheet -> (rows, cols, texts) of formula cells
         self._dense = {}                # sheet -> cached sheet_array
         self._lower = {s.lower(): s for s in sheets}
-        self._program = None            # the evaluator's compiled plan, built on first use
+        self.program = None             # the evaluator's compiled Program, built on first use
 
     def sheet_name(self, sheet):
         """The workbook's spelling of ``sheet`` (names are case-insensitive, as in Excel)."""
@@ -62,6 +62,23 @@ class Book:
             return self._lower[sheet.lower()]
         except KeyError:
             raise KeyError(f"no sheet named {sheet!r} in {self.path}") from None
+
+    def numbers(self, sheet):
+        """(rows, cols, values) arrays of the numeric constants of ``sheet``."""
+        return self._num[self.sheet_name(sheet)]
+
+    def other_constants(self, sheet):
+        """{(row, col): str or bool} of the non-numeric constants of ``sheet`` (error values as
+        their text)."""
+        return self._other[self.sheet_name(sheet)]
+
+    def error_cells(self, sheet):
+        """{(row, col)} of the constants of ``sheet`` that are error values (#N/A, ...)."""
+        return self._errors[self.sheet_name(sheet)]
+
+    def formula_cells(self, sheet):
+        """(rows, cols, texts) lists of the formula cells of ``sheet``, texts without '='."""
+        return self._fcells[self.sheet_name(sheet)]
 
     def shape(self, sheet):
         """(rows, cols) just covering every cell stored on ``sheet``."""
