@@ -369,7 +369,8 @@ def test_hostile_layer_names_survive_junit_and_annotations(hostile_book, capsys,
 
 def test_junit_and_annotations_escape_what_xml_and_github_cannot_hold():
     """Control characters, newlines and lone surrogates in a name: still one XML document, one line each."""
-    from xlcnn.verify import Report, StageResult, _gh_data, _gh_property, github_annotations, junit_xml
+    from xlcnn.verify import Report, StageResult, github_annotations, junit_xml
+    from xlcnn.verify.report import _gh_data, _gh_property
     assert _gh_data("50% a\r\nb: c, d") == "50%25 a%0D%0Ab: c, d"
     assert _gh_property("50% a\r\nb: c, d") == "50%25 a%0D%0Ab%3A c%2C d"
     name = "bad\x00name\nnext <&> \ud800 ok"
