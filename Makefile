@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 OUT ?= out
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 # Python packages (editable install with test extras), and LibreOffice and Gnumeric (ssconvert) for
 # the real-recalculation tests.
@@ -23,8 +23,16 @@ demo: setup
 	xlcnn build samples/lenet.keras samples/digits/digit_7.png -o $(OUT)/demo.xlsx --force
 	xlcnn verify $(OUT)/demo.xlsx --json $(OUT)/demo-verify.json
 
-test: setup
+test: setup lint
 	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+# The fast tier, no LibreOffice and no Keras model: the formula engine, writers from plain specs, the
+# import rules. Seconds, for the edit-test loop.
+test-fast:
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/test_formula.py tests/test_specs.py tests/test_structure.py
+
+lint:
+	$(PYTHON) -m ruff check xlcnn tests bench samples
 
 bench: setup
 	$(PIP) install -q -e ".[bench]"

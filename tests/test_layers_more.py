@@ -212,7 +212,8 @@ def test_relu_twin_equals_keras_at_edges(options):
     from xlcnn.layers import writer_for
     from xlcnn.layers.normalization import relu_values
     want = np.asarray(keras().layers.ReLU(**options)(EDGE[None]))[0]
-    writer = writer_for(keras().layers.ReLU(**options))
+    from xlcnn.model import spec_of
+    writer = writer_for(spec_of(keras().layers.ReLU(**options)))
     got = relu_values(EDGE.astype(np.float64), *writer.settings())
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
@@ -320,10 +321,11 @@ def test_keras_channels_first_bias_quirk_is_detected():
     """The probe behind the *_width_equals_* cases agrees with what the layer really does: this Keras
     adds a channels_first bias along the width when the output has as many columns as channels."""
     from xlcnn.layers.base import bias_along_width
+    from xlcnn.model import spec_of
     k = keras()
     layer = k.layers.DepthwiseConv2D((1, 5), data_format="channels_first")
     shift = _bias_shift(layer)
-    quirk = bias_along_width(layer, "channels_first", 2, 2)
+    quirk = bias_along_width(spec_of(layer, output_shape=(2, 1, 2)), "channels_first", 2, 2)
     expected = np.float32([[1.0, -1.0], [1.0, -1.0]]) if quirk else np.float32([[1.0, 1.0], [-1.0, -1.0]])
     np.testing.assert_allclose(shift, expected, atol=1e-5)
 
@@ -334,13 +336,15 @@ def test_tf_keras_layers_add_their_bias_per_channel_and_are_not_shifted():
     tfk = quiet_keras("tf_keras")
     layer = tfk.layers.Conv2D(2, (1, 5), data_format="channels_first")
     np.testing.assert_allclose(_bias_shift(layer), [[1.0, 1.0], [-1.0, -1.0]], atol=1e-5)
-    assert not bias_along_width(layer, "channels_first", 2, 2)
+    from xlcnn.model import spec_of
+    assert not bias_along_width(spec_of(layer, output_shape=(2, 1, 2)), "channels_first", 2, 2)
 
 
 def test_unknown_option_of_a_new_layer_is_refused_not_ignored():
     from xlcnn.errors import Refusal
     from xlcnn.layers import writer_for
-    writer = writer_for(keras().layers.BatchNormalization())
+    from xlcnn.model import spec_of
+    writer = writer_for(spec_of(keras().layers.BatchNormalization()))
     writer.config["some_new_option"] = True
     with pytest.raises(Refusal, match="some_new_option"):
         writer.check()

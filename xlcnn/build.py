@@ -67,14 +67,14 @@ def check_output(out, force):
 
 def writers_for(loaded):
     writers = []
-    for layer, reads in loaded.graph:
-        writer = writer_for(layer)
+    for spec, (_layer, reads) in zip(loaded.specs, loaded.graph):
+        writer = writer_for(spec)
         if writer is None:
-            raise XlcnnError(f"layer '{layer.name}' ({type(layer).__name__}) is not supported; "
+            raise XlcnnError(f"layer '{spec.name}' ({spec.kind}) is not supported; "
                              f"xlcnn supports: {', '.join(sorted(HANDLERS))}")
         writer.check()
         if len(reads) > 1 and not writer.multi_input:
-            raise XlcnnError(f"layer '{layer.name}' ({type(layer).__name__}) reads {len(reads)} tensors; "
+            raise XlcnnError(f"layer '{spec.name}' ({spec.kind}) reads {len(reads)} tensors; "
                              "only merge layers may")
         writers.append((writer, reads))
     return writers

@@ -8,6 +8,7 @@ config is scanned for them *before* any loader runs, and such a model is refused
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -86,6 +87,7 @@ class LoadedModel:
     notes: list = field(default_factory=list)
     weights_path: Path | None = None   # the weights file of a JSON architecture
     weights_digest: str = ""
+    specs: list = field(default_factory=list)   # a LayerSpec per layer, in graph order (what writers see)
 
     def layer_outputs(self, x):
         """Every chain layer's output for a batch x, as float64 arrays keyed by layer name."""
@@ -296,8 +298,95 @@ def _walk(path, model, module, loader):
     if layers and not sequential and producer.get(id(model.outputs[0])) != layers[-1].name:
         raise XlcnnError(f"model {path}: its output is not made by its last layer; xlcnn needs the output "
                          "layer last")
-    return LoadedModel(path=path, model=model, keras=module, loader=loader, layers=layers, graph=graph,
-                       input_name=input_name, input_shape=tuple(int(d) for d in shape), digest=sha256(path))
+    loaded = LoadedModel(path=path, model=model, keras=module, loader=loader, layers=layers, graph=graph,
+                         input_name=input_name, input_shape=tuple(int(d) for d in shape), digest=sha256(path))
+    loaded.specs = layer_specs(loaded)
+    return loaded
+
+
+# -- layers as plain data (xlcnn.spec): the writers never see a Keras object ----------------------
+
+# layer attributes as the layer uses them (Normalization's mean is its weight reshaped to broadcast;
+# Rescaling's scale and offset are no weights at all)
+ATTRIBUTES = ("mean", "variance", "scale", "offset")
+
+
+def layer_specs(loaded):
+    """A LayerSpec for every layer of the graph, with the shapes Keras computes for them."""
+    shapes = _output_shapes(loaded)
+    return [spec_of(layer, loaded.loader, [shapes[r] for r in reads], shapes[layer.name])
+            for layer, reads in loaded.graph]
+
+
+def spec_of(layer, package=None, input_shapes=(), output_shape=()):
+    """One Keras layer as a LayerSpec (tests use it for standalone layers too)."""
+    from .spec import LayerSpec, as_array, short_weight_name
+    package = package or type(layer).__module__.split(".")[0]
+    module = quiet_keras("tf_keras" if package == "tf_keras" else "keras")
+    weights = [as_array(w) for w in layer.get_weights()]
+    names = [short_weight_name(getattr(w, "path", None) or w.name) for w in layer.weights]
+    spec = LayerSpec(kind=type(layer).__name__, name=layer.name, config=layer.get_config(), weights=weights,
+                     weight_names=names, input_shapes=list(input_shapes), output_shape=tuple(output_shape),
+                     params=int(layer.count_params()) if layer.weights else 0, package=package,
+                     facts={"epsilon": _backend_epsilon(module), "image_data_format": _image_data_format(module)})
+    for attribute in ATTRIBUTES:
+        value = getattr(layer, attribute, None)
+        if value is not None and not callable(value):
+            try:
+                spec.facts[attribute] = as_array(value)
+            except (TypeError, ValueError):
+                pass
+    bias = spec.weight("bias")
+    if spec.config.get("data_format") == "channels_first" and bias is not None:
+        rank = len(spec.output_shape) or len(spec.config.get("kernel_size", (1, 1))) + 1
+        spec.facts["bias_quirk"] = package == "keras" and keras_adds_bias_along_last_axis(bias.size, rank)
+    return spec
+
+
+def _output_shapes(loaded):
+    """Every layer's output shape (no batch axis) from Keras's compute_output_shape; a forward pass
+    of zeros only where a layer cannot say."""
+    shapes = {loaded.input_name: tuple(loaded.input_shape)}
+    for layer, reads in loaded.graph:
+        ins = [(None, *shapes[r]) for r in reads]
+        try:
+            out = layer.compute_output_shape(ins if len(ins) > 1 else ins[0])
+            shape = tuple(int(d) for d in tuple(out)[1:])
+        except Exception:  # noqa: BLE001  (some layers cannot say; Keras itself then tells below)
+            outs = loaded.layer_outputs(np.zeros((1, *loaded.input_shape), np.float32))
+            return {loaded.input_name: tuple(loaded.input_shape),
+                    **{name: tuple(int(d) for d in v.shape[1:]) for name, v in outs.items()}}
+        shapes[layer.name] = shape
+    return shapes
+
+
+def _backend_epsilon(module):
+    config = getattr(module, "config", None)
+    if config is not None and hasattr(config, "epsilon"):
+        return float(config.epsilon())
+    return float(module.backend.epsilon())
+
+
+def _image_data_format(module):
+    try:
+        return module.backend.image_data_format()
+    except AttributeError:
+        return "channels_last"
+
+
+@functools.lru_cache(maxsize=None)
+def keras_adds_bias_along_last_axis(channels, rank):
+    """Probe the running Keras 3: does `x + bias.reshape(1, C, 1, ...)` add bias[j] at position j of
+    the last axis when that axis has length C? (keras.src.backend.tensorflow.numpy.add turns it into
+    tf.nn.bias_add and guesses NHWC from the last axis.) rank: the tensor's rank without batch."""
+    if channels < 2:
+        return False
+    import keras
+    ones = (1,) * (rank - 2)
+    bias = np.arange(channels, dtype=np.float32).reshape(1, channels, *ones, 1)
+    got = np.asarray(keras.ops.add(np.zeros((1, channels, *ones, channels), np.float32), bias))
+    got = got.reshape(channels, channels)
+    return not np.array_equal(got, np.repeat(np.arange(channels, dtype=np.float32)[:, None], channels, axis=1))
 
 
 def input_layout(loaded):

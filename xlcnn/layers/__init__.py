@@ -11,7 +11,7 @@ from .base import HANDLERS, Context, LayerWriter
 __all__ = ["HANDLERS", "Context", "LayerWriter", "writer_for"]
 
 
-def writer_for(layer):
-    """The writer for a Keras layer, or None when no writer claims its class."""
-    cls = HANDLERS.get(type(layer).__name__)
-    return cls(layer) if cls else None
+def writer_for(spec):
+    """The writer for a layer (a LayerSpec, see xlcnn/spec.py), or None when no writer claims its class."""
+    cls = HANDLERS.get(spec.kind)
+    return cls(spec) if cls else None

@@ -8,7 +8,6 @@ anything is written (refusing by name what it cannot reproduce exactly), then `w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
@@ -141,6 +140,26 @@ class MapSheets:
             self.sheet(0).color_scale(r0, c0, r0 + self.h - 1, c0 + self.channels - 1, values=chw)
 
 
+HEADER_ROWS = 5   # title, explanation, block labels, column indices, and a spare
+
+
+@dataclass
+class Footprint:
+    """What one stage adds to the workbook, for the estimate made before anything is written."""
+    sheets: int = 0
+    formulas: int = 0
+    constants: int = 0
+    rows: int = 0               # the most rows on one of its sheets
+    cols: int = 0               # the most columns on one of its sheets
+    longest_formula: int = 0
+    where: str = ""             # the sheet that needs those rows or columns
+
+    def grow(self, rows, cols, where):
+        if rows > self.rows or cols > self.cols:
+            self.where = where
+        self.rows, self.cols = max(self.rows, rows), max(self.cols, cols)
+
+
 class LayerWriter:
     handles: tuple = ()
     kind = ""
@@ -149,15 +168,15 @@ class LayerWriter:
     passthrough = False
     multi_input = False  # merge layers receive a list of input tensors
 
-    def __init__(self, layer):
-        self.layer = layer
-        self.name = layer.name
-        self.config = layer.get_config()
-        self.kind = type(layer).__name__
+    def __init__(self, spec):
+        self.spec = spec              # a LayerSpec (xlcnn/spec.py): plain data, never a Keras object
+        self.name = spec.name
+        self.config = dict(spec.config)
+        self.kind = spec.kind
 
     # -- checks ------------------------------------------------------------------------------
     def refuse(self, message):
-        raise Refusal(self.layer, message)
+        raise Refusal(self.spec, message)
 
     def check(self):
         """Refuse, by name, every option this writer does not reproduce exactly."""
@@ -177,15 +196,64 @@ class LayerWriter:
             if reason:
                 self.refuse(reason)
 
+    # -- planning: before anything is written ------------------------------------------------
+    def plan(self, input_shapes):
+        """Refuse what these input shapes make impossible, and say what the stage will add to the
+        workbook (limits.estimate sums these; no forward pass is needed)."""
+        self.check_inputs(list(input_shapes))
+        return self.footprint(list(input_shapes), tuple(self.spec.output_shape))
+
+    def check_inputs(self, input_shapes):
+        """Shape-dependent refusals (a writer overrides it); the Tensor is checked again in write()."""
+
+    def expect_rank(self, input_shapes, rank):
+        """Refuse an input of another rank than `rank` (3 for image maps, 2 for signals)."""
+        shape = tuple(input_shapes[0])
+        if len(shape) != rank:
+            fmt = self.config.get("data_format") or "channels_last"
+            self.refuse(f"expects a {rank}-D {fmt} input, got shape {shape}")
+
+    def footprint(self, input_shapes, out):
+        """A deliberately generous estimate from the output shape: one sheet per channel of an image
+        map, one sheet for a signal or a vector, a second block for a fused activation, a weight
+        sheet of the parameters' size."""
+        fp = Footprint(constants=self.params())
+        if self.passthrough or not out:
+            return fp
+        size = int(np.prod(out))
+        fused = str(self.config.get("activation", "linear")) not in ("linear", "None")
+        fp.formulas = size * (2 if fused else 1)
+        if len(out) == 3:
+            channel_axis = 0 if self.config.get("data_format") == "channels_first" else 2
+            h, w = [n for i, n in enumerate(out) if i != channel_axis]
+            fp.sheets += out[channel_axis]
+            fp.grow(h + HEADER_ROWS, 2 * (w + 1) + 2, self.name)
+        elif len(out) == 2:
+            fp.sheets += 1
+            fp.grow(max(out) + HEADER_ROWS, 2 * (min(out) + 1) + 2, self.name)
+        else:
+            fp.sheets += 1
+            fp.grow(size + HEADER_ROWS, 4, self.name)
+        if input_shapes and len(out) == 1 and len(input_shapes[0]) == 1:
+            fp.longest_formula = 90
+        if self.params():
+            fp.sheets += 1
+            biggest = max(self.spec.weights, key=np.size) if self.spec.weights else np.zeros(1)
+            rows = biggest.shape[0] if biggest.ndim else 1
+            cols = int(np.size(biggest) // max(rows, 1))
+            fp.grow(rows + HEADER_ROWS + 1, cols + 1, f"{self.name} weights")
+        return fp
+
     def describe(self):
         """One line for the overview's 'what it does' column."""
         return ""
 
     def params(self):
-        return int(self.layer.count_params()) if self.layer.weights else 0
+        return self.spec.params
 
     def weights(self):
-        return [np.asarray(w, dtype=np.float64) for w in self.layer.get_weights()]
+        """The layer's weights as float64 arrays, in Keras's order (get_weights)."""
+        return list(self.spec.weights)
 
     def write(self, ctx: Context, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -418,7 +486,7 @@ def block_refs(sheet_name, row0, col0, h, w):
     return [[rng(sheet_name, row0 + i, col0 + j, row0 + i, col0 + j) for j in range(w)] for i in range(h)]
 
 
-def bias_along_width(layer, data_format, out_width, n_bias, rank=3):
+def bias_along_width(spec, data_format, out_last, n_bias):
     """True when Keras adds this channels_first layer's bias along its last axis, not the channels.
 
     Keras 3's TensorFlow backend (keras.src.backend.tensorflow.numpy.add) turns
@@ -426,25 +494,13 @@ def bias_along_width(layer, data_format, out_width, n_bias, rank=3):
     tensor's last axis has the bias's length. For a channels_first map whose width (or, for a 1-D
     layer, whose length) equals its channel count, bias[j] is therefore added at position j of
     that axis in every channel. That is what the trained model computes in Keras, so the workbook
-    does the same, and says so on the sheet. A probe of the running Keras confirms it, so a Keras
-    that fixes this, or a layer loaded with tf_keras (which adds per channel), is not shifted.
-    `rank` is the Keras rank of the output without the batch axis (3 for Conv2D, 2 for Conv1D).
+    does the same, and says so on the sheet. model.py probes the running Keras for it (the spec's
+    fact "bias_quirk"), so a Keras that fixes this, or a layer loaded with tf_keras (which adds per
+    channel), is not shifted.
     """
-    if data_format != "channels_first" or n_bias < 2 or out_width != n_bias:
+    if data_format != "channels_first" or n_bias < 2 or out_last != n_bias:
         return False
-    return _keras_adds_bias_along_width(type(layer).__module__.split(".")[0], n_bias, rank)
-
-
-@lru_cache(maxsize=None)
-def _keras_adds_bias_along_width(package, channels, rank=3):
-    if package != "keras":
-        return False
-    import keras
-    ones = (1,) * (rank - 2)
-    bias = np.arange(channels, dtype=np.float32).reshape(1, channels, *ones, 1)
-    got = np.asarray(keras.ops.add(np.zeros((1, channels, *ones, channels), np.float32), bias))
-    got = got.reshape(channels, channels)
-    return not np.array_equal(got, np.repeat(np.arange(channels, dtype=np.float32)[:, None], channels, axis=1))
+    return bool(spec.fact("bias_quirk", False))
 
 
 def same_padding(n, k, s, d=1):

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
-from .base import (LayerWriter, MapSheets, Window, activation_option, bias_along_width, handles, ok, one_of, pair,
+from .base import (HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width, handles, ok, one_of, pair,
                    sumproduct, which_text, write_activation_blocks)
 
 FORMULA_LIMIT = 8000  # Excel's limit is 8,192 characters; keep a margin for the bias term
@@ -142,6 +142,25 @@ class ConvWriter(LayerWriter):
         kernel = self.weights()[0]
         return kernel[:, None] if self.one_d else kernel
 
+    def check_inputs(self, input_shapes):
+        rank = 2 if self.one_d else 3
+        self.expect_rank(input_shapes, rank)
+        shape = input_shapes[0]
+        channel_axis = 0 if self.config["data_format"] == "channels_first" else rank - 1
+        spatial = [n for i, n in enumerate(shape) if i != channel_axis]
+        H, W = (spatial[0], 1) if self.one_d else spatial
+        (oh, _, _), (ow, _, _) = self.window.apply(H, W)
+        if oh < 1 or ow < 1:
+            self.refuse(f"the kernel does not fit the {H}×{W} input" if not self.one_d else
+                        f"the kernel does not fit the {H}-step input")
+
+    def footprint(self, input_shapes, out):
+        fp = super().footprint(input_shapes, out)
+        kh, kw, cin, cout = self.kernel4().shape      # a block per (output, input) channel pair
+        fp.grow(cout * (kh + 1) + HEADER_ROWS, cin * (kw + 1) + 3, f"{self.name} weights")
+        fp.longest_formula = max(fp.longest_formula, min(cin * 70, 8000))
+        return fp
+
     def describe(self):
         c = self.config
         act_name = act.activation_name(c["activation"])
@@ -168,7 +187,7 @@ class ConvWriter(LayerWriter):
         pads = (pads_h, pads_w)
         # Keras's bias quirk lands along its last axis: the columns of a 2-D map, the steps of a 1-D one
         last = oh if self.one_d else ow
-        along = bias is not None and bias_along_width(self.layer, c["data_format"], last, cout, rank)
+        along = bias is not None and bias_along_width(self.spec, c["data_format"], last, cout)
         bias_axis = (1 if self.one_d else 2) if along else 0
         z = conv_values(x.chw(), kernel, bias, geo.strides, geo.dilation, pads, bias_axis, groups)
         fn = act.activation_name(c["activation"])

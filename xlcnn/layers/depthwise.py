@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
-from .base import (LayerWriter, MapSheets, Window, activation_option, bias_along_width, handles, ok, one_of,
+from .base import (HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width, handles, ok, one_of,
                    which_text, write_activation_blocks, write_weight_matrix)
 from .conv import (FORMULA_LIMIT, _must_be_none, _positive_pair, add_bias, conv_term, conv_values,
                    write_conv_weights)
@@ -65,9 +65,26 @@ class _DepthwiseBase(LayerWriter):
         (channels, h, w) maps it lands on, 0 when it is added per channel as usual."""
         c = self.config
         last = oh if self.one_d else ow
-        if c["use_bias"] and bias_along_width(self.layer, c["data_format"], last, channels, self.rank):
+        if c["use_bias"] and bias_along_width(self.spec, c["data_format"], last, channels):
             return 1 if self.one_d else 2
         return 0
+
+    def check_inputs(self, input_shapes):
+        self.expect_rank(input_shapes, self.rank)
+
+    def footprint(self, input_shapes, out):
+        fp = super().footprint(input_shapes, out)
+        kernel = self.as4(self.spec.weight("depthwise_kernel") if self.spec.weight("depthwise_kernel") is not None
+                          else self.weights()[0])
+        kh, kw, cin, dm = kernel.shape
+        fp.grow(cin * dm * (kh + 1) + HEADER_ROWS, kw + 4, f"{self.name} weights")
+        if self.spec.weight("pointwise_kernel") is not None:   # separable: depthwise helper maps, 1x1 weights
+            fp.sheets += (1 if self.one_d else cin * dm) + 1
+            fp.formulas += int(np.prod(out)) // max(out[self.channel_axis_of(out)], 1) * cin * dm
+        return fp
+
+    def channel_axis_of(self, out):
+        return 0 if self.config["data_format"] == "channels_first" else len(out) - 1
 
     def geometry(self, x):
         c = self.config
@@ -213,10 +230,9 @@ class SeparableConv2DWriter(_DepthwiseBase):
     def write(self, ctx, x):
         geo = self.geometry(x)
         (oh, ow) = geo.out
-        layer = self.layer
-        dk = self.as4(layer.depthwise_kernel.numpy())
-        pk = np.asarray(layer.pointwise_kernel.numpy(), dtype=np.float64)
-        bias = np.asarray(layer.bias.numpy(), dtype=np.float64) if self.config["use_bias"] else None
+        dk = self.as4(self.spec.weight("depthwise_kernel"))
+        pk = self.spec.weight("pointwise_kernel")
+        bias = self.spec.weight("bias") if self.config["use_bias"] else None
         mid, filters = pk.shape[-2], pk.shape[-1]
         pw = pk.reshape(mid, filters)
         bias_axis = self.bias_axis(filters, oh, ow) if bias is not None else 0

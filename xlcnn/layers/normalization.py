@@ -10,7 +10,6 @@ broadcasting picks for it.
 
 from __future__ import annotations
 
-import importlib
 
 import numpy as np
 
@@ -41,11 +40,6 @@ def _real_number(value, _config):
     if v is not None and not np.isfinite(v):
         return f"{value!r} is not a finite number"
     return None
-
-
-def _numpy(variable):
-    value = variable.numpy() if hasattr(variable, "numpy") else variable
-    return np.asarray(value, dtype=np.float64)
 
 
 def expand_param(param, shape):
@@ -162,23 +156,6 @@ def write_elementwise_stage(ctx, writer, x, values, formula_of, what, explain):
                                 title, explain)
 
 
-def _keras_module(layer):
-    """keras or tf_keras: the package the layer comes from (their backend epsilon may differ)."""
-    root = type(layer).__module__.split(".")[0]
-    try:
-        return importlib.import_module(root)
-    except ImportError:
-        return importlib.import_module("keras")
-
-
-def backend_epsilon(layer):
-    module = _keras_module(layer)
-    config = getattr(module, "config", None)
-    if config is not None and hasattr(config, "epsilon"):
-        return float(config.epsilon())
-    return float(module.backend.epsilon())
-
-
 def _single_axis(value):
     if isinstance(value, (list, tuple)):
         return value[0] if len(value) == 1 else None
@@ -213,8 +190,8 @@ class BatchNormalizationWriter(LayerWriter):
         (height or width of an image); whether it is *this* tensor's is checked when writing."""
         super().check()
         try:
-            rank = len(self.layer.input.shape)
-        except Exception:  # a layer without a traced input: checked when writing
+            rank = len(self.spec.input_shapes[0]) + 1
+        except IndexError:  # a standalone layer without a traced input: checked when writing
             return
         axis = _single_axis(self.config["axis"])
         if -rank <= axis < rank and rank == 4 and axis % rank not in (1, 3):
@@ -236,10 +213,10 @@ class BatchNormalizationWriter(LayerWriter):
     def write(self, ctx, x):
         self.check_axis(x)
         c = self.config
-        layer = self.layer
-        mean, var = _numpy(layer.moving_mean), _numpy(layer.moving_variance)
-        gamma = _numpy(layer.gamma) if c["scale"] else None
-        beta = _numpy(layer.beta) if c["center"] else None
+        spec = self.spec
+        mean, var = spec.weight("moving_mean"), spec.weight("moving_variance")
+        gamma = spec.weight("gamma") if c["scale"] else None
+        beta = spec.weight("beta") if c["center"] else None
         eps = float(c["epsilon"])
         arrays = []
         if gamma is not None:
@@ -286,15 +263,16 @@ class NormalizationWriter(LayerWriter):
         return "(x − mean) / max(√variance, epsilon), with the layer's stored mean and variance"
 
     def write(self, ctx, x):
-        layer = self.layer
-        if getattr(layer, "mean", None) is None:
+        spec = self.spec
+        stored_mean, stored_var = spec.fact("mean"), spec.fact("variance")   # as the layer broadcasts them
+        if stored_mean is None or stored_var is None:
             self.refuse("the layer holds no mean and variance (it was never adapted nor given them)")
-        mean = expand_param(_numpy(layer.mean), x.values.shape)
-        var = expand_param(_numpy(layer.variance), x.values.shape)
+        mean = expand_param(stored_mean, x.values.shape)
+        var = expand_param(stored_var, x.values.shape)
         if mean is None or var is None:
-            self.refuse(f"its mean of shape {np.shape(_numpy(layer.mean))} does not broadcast over one "
+            self.refuse(f"its mean of shape {np.shape(stored_mean)} does not broadcast over one "
                         f"sample of shape {x.values.shape}")
-        eps = backend_epsilon(layer)
+        eps = float(spec.fact("epsilon"))
         params = ParamSheet(ctx, self.name, self.kind, x, [
             (text("elementwise.norm_mean"), mean), (text("elementwise.norm_variance"), var),
             (text("elementwise.norm_epsilon"), np.full((1,) * x.rank, eps))])
@@ -329,15 +307,14 @@ class RescalingWriter(LayerWriter):
         """scale or offset as Keras 3 broadcasts it: a list under channels_first image_data_format
         is reshaped to (C, 1, 1) first; otherwise numpy broadcasting against the last axis."""
         p = np.asarray(value, dtype=np.float64)
-        module = _keras_module(self.layer)
-        config = getattr(module, "config", None)  # tf_keras's Rescaling has no such reshape
-        if p.ndim > 0 and module.__name__ == "keras" and config.image_data_format() == "channels_first":
+        # tf_keras's Rescaling has no such reshape
+        if p.ndim > 0 and self.spec.package == "keras" and self.spec.fact("image_data_format") == "channels_first":
             p = p.reshape(p.shape + (1,) * (3 - p.ndim))
         return p
 
     def write(self, ctx, x):
-        scale = self._param(self.layer.scale, x)
-        offset = self._param(self.layer.offset, x)
+        scale = self._param(self.spec.fact("scale", self.config.get("scale")), x)
+        offset = self._param(self.spec.fact("offset", self.config.get("offset")), x)
         # what Keras computes, as numpy broadcasts it over the batched input
         out = (x.values[None] * scale + offset)
         if out.shape != (1,) + x.values.shape:
@@ -458,9 +435,9 @@ class PReLUWriter(LayerWriter):
         return "x if x ≥ 0 else alpha × x, alpha learned" + (f", shared along axes {shared}" if shared else "")
 
     def write(self, ctx, x):
-        alpha = expand_param(_numpy(self.layer.alpha), x.values.shape)
+        alpha = expand_param(self.spec.weight("alpha"), x.values.shape)
         if alpha is None:
-            self.refuse(f"its alpha of shape {np.shape(_numpy(self.layer.alpha))} does not match the "
+            self.refuse(f"its alpha of shape {np.shape(self.spec.weight('alpha'))} does not match the "
                         f"{x.values.shape} input")
         params = ParamSheet(ctx, self.name, self.kind, x, [(text("elementwise.prelu_alpha"), alpha)])
         # Keras: relu(x) - alpha * relu(-x), which is exactly x for x >= 0 and alpha * x below

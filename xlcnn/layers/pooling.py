@@ -50,6 +50,9 @@ class Pooling2DWriter(LayerWriter):
     def window(self):
         return Window.from_config(self.config, "pool_size", self.one_d, default_strides_to_size=True)
 
+    def check_inputs(self, input_shapes):
+        self.expect_rank(input_shapes, 2 if self.one_d else 3)
+
     def describe(self):
         what = "max" if self.is_max else "average"
         return f"{what} of windows: {self.window.text('pool', show_dilation=False)}, padding {self.config['padding']}"

@@ -10,8 +10,6 @@ pasted over a formula), and `=0` says plainly that Keras's padded value depends 
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, text
@@ -202,7 +200,7 @@ class ReshapeWriter(LayerWriter):
                 if origin is not None:
                     sheet.label(FIRST_ROW + i, FIRST_COL + 1, x.origin_text(origin[i]))
             return Tensor(self.name, values, None, [(name, FIRST_ROW, FIRST_COL)])
-        fmt = ctx.next_data_format or _image_data_format(self.layer)
+        fmt = ctx.next_data_format or self.spec.fact("image_data_format", "channels_last")
         rank = values.ndim
         channel_axis = 0 if fmt == "channels_first" else rank - 1
         chw_refs = Tensor(self.name, refs, channel_axis, []).chw()
@@ -213,15 +211,6 @@ class ReshapeWriter(LayerWriter):
                                lambda c: text("reshaping.reshape_3d", step=ctx.step, name=self.name, shape=shape_text,
                                               which=which_text(rank == 2, c, values.shape[channel_axis], False)),
                                text("reshaping.reshape_explain", order=order), rank)
-
-
-def _image_data_format(layer):
-    root = type(layer).__module__.split(".")[0]
-    try:
-        module = importlib.import_module(root)
-        return module.backend.image_data_format()
-    except (ImportError, AttributeError):
-        return "channels_last"
 
 
 @handles("GlobalAveragePooling2D", "GlobalMaxPooling2D")
