@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import check_case, SHARED_MODELS, assert_matches_keras, build_cases, keras, needs_libreoffice, stage_values
+from conftest import (SHARED_MODELS, assert_matches_keras, build_cases, check_case, keras, needs_libreoffice,
+                      stage_values)
 
 ACTIVATIONS = ["relu", "tanh", "sigmoid", "linear", "elu", "selu", "softplus", "softsign", "swish",
                "silu", "relu6", "hard_sigmoid", "exponential", "gelu", "leaky_relu"]

@@ -7,7 +7,6 @@ equals Keras; a second input typed into the input cells, recalculated, still equ
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from conftest import build_cases, check_case, keras, needs_libreoffice, stage_values

@@ -1,8 +1,9 @@
 """Before writing anything: estimate the workbook's size and refuse what Excel or LibreOffice cannot open.
 
 The estimate sums each layer writer's plan (layers/base.py LayerWriter.plan), made from the shapes
-Keras computes for the layers and their parameter counts: no forward pass, no build. It is deliberately a little generous (it counts a fused activation's
-second block, the weight sheets' label rows).
+Keras computes for the layers and their parameter counts: no forward pass, no build. It is
+deliberately a little generous (it counts a fused activation's second block, the weight sheets'
+label rows).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
-from .base import (HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width, handles, ok, one_of, pair,
-                   sumproduct, which_text, write_activation_blocks)
+from .base import (HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width, handles, ok,
+                   one_of, pair, sumproduct, which_text, write_activation_blocks)
 
 FORMULA_LIMIT = 8000  # Excel's limit is 8,192 characters; keep a margin for the bias term
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
-from .base import (HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width, handles, ok, one_of,
-                   which_text, write_activation_blocks, write_weight_matrix)
+from .base import (HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width, handles,
+                   ok, one_of, which_text, write_activation_blocks, write_weight_matrix)
 from .conv import (FORMULA_LIMIT, _must_be_none, _positive_pair, add_bias, conv_term, conv_values,
                    write_conv_weights)
 
