@@ -831,3 +831,29 @@ def test_vectorised_equals_one_by_one_on_an_xlcnn_workbook(tmp_path, monkeypatch
     for (sheet, r, c) in book.formulas:
         a, b = fast.value(sheet, r, c), slow.value(sheet, r, c)
         assert a == pytest.approx(b, rel=1e-11, abs=1e-12), cell_name(sheet, r, c)
+
+
+def test_formula_groups_and_cells_equal_one_cell_at_a_time(tmp_path):
+    """formula_groups covers every formula once, each group one skeleton; Result.cells equals
+    Result.value cell by cell, single and batched, text and empty cells as NaN."""
+    from xlcnn.formula import formula_groups
+    g = np.random.default_rng(3)
+    x, k = g.normal(size=(6, 7)), g.normal(size=(3, 3))
+    book = conv_book(tmp_path, x, k)
+    texts = [t for s in book.sheets for t in book.formula_cells(s)[2]]
+    groups = formula_groups(book)
+    members = np.sort(np.concatenate(groups))
+    np.testing.assert_array_equal(members, np.arange(len(texts)))
+    for idx in groups:
+        assert len({skeleton(texts[i]) for i in idx.tolist()}) == 1
+    for overrides in (None, {("in", 1, 1): np.array([1.0, -2.0, 3.0]), ("in", 50, 50): np.array([4.0, 5.0, 6.0])}):
+        res = evaluate(book, overrides=overrides)
+        for sheet in book.sheets:
+            shape = book.shape(sheet)
+            rows, cols = np.divmod(np.arange(shape[0] * (shape[1] + 1)), shape[1] + 1)
+            rows, cols = np.append(rows, 50), np.append(cols, 50)  # beyond the arrays: an override or empty
+            got = res.cells(sheet, rows, cols)
+            for i, (r, c) in enumerate(zip(rows.tolist(), cols.tolist())):
+                v = res.value(sheet, r, c)
+                want = np.nan if v is None or isinstance(v, (str, bool)) else v
+                np.testing.assert_array_equal(got[..., i], want)

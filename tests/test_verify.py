@@ -92,7 +92,8 @@ def assert_junit_matches(rep, parsed):
     from xlcnn import verify as v
     suite, cases = parsed
     stages = rep["stages"]
-    checks = [v.CHECK_CACHED, v.CHECK_CONSTANTS, v.CHECK_LINT]
+    checks = [] if rep.get("keras_compared", True) else [v.CHECK_KERAS]
+    checks += [v.CHECK_CACHED, v.CHECK_CONSTANTS, v.CHECK_LINT]
     checks += [v.CHECK_TOP1] if rep["predicted_keras"] is not None else []
     checks += [v.CHECK_IMAGES] if rep["images"] else []
     assert len(cases) == len(stages) + len(checks) == int(suite["tests"])
@@ -474,3 +475,195 @@ def test_verify_junit_replaces_an_old_file_atomically(books, tmp_path, capsys):
     assert ET.parse(out).getroot().find("testsuite").get("failures") == "0"
     assert out.read_bytes().startswith(b'<?xml version="1.0" encoding="UTF-8"?>')
     assert [p.name for p in tmp_path.iterdir()] == ["junit.xml"]  # no temporary file left behind
+
+
+# --------------------------------------------------------------------------- --no-keras
+
+NO_KERAS_RUN = """
+import json, sys
+from xlcnn.cli import main
+code = main(sys.argv[1:])
+print("RESULT " + json.dumps({"code": code, "tensorflow": "tensorflow" in sys.modules, "keras": "keras" in sys.modules}))
+"""
+
+
+def no_keras(path):
+    """`xlcnn verify PATH --no-keras` in a fresh interpreter: (exit code, TF or Keras imported, stdout, JSON, JUnit)."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", NO_KERAS_RUN, "verify", str(path), "--no-keras",
+                           "--json", str(path.with_suffix(".json")), "--junit", str(path.with_suffix(".junit.xml"))],
+                          capture_output=True, text=True, timeout=600)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line[7:])
+    rep = json.loads(path.with_suffix(".json").read_text())
+    parsed = junit(path.with_suffix(".junit.xml"))
+    assert_junit_matches(rep, parsed)
+    return result["code"], result["tensorflow"] or result["keras"], proc.stdout, rep, parsed
+
+
+def test_no_keras_checks_the_workbook_alone_without_tensorflow(books, tmp_path):
+    honest = shutil.copy(books["lenet.keras"], tmp_path / "honest.xlsx")  # no model beside it: not needed
+    code, imported, out, rep, (suite, cases) = no_keras(honest)
+    assert (code, imported) == (0, False), out
+    assert rep["passed"] is True and rep["keras_compared"] is False and rep["stages"] == []
+    assert rep["keras_comparison"].startswith("no comparison with Keras was made")
+    assert rep["cached_checked"] and rep["cached_mismatches"] == 0 and rep["constant_cells"] == [] and rep["lint"] == []
+    assert "no comparison with Keras was made" in out and "NOT compared with Keras" in out
+    assert ("stages equal Keras", "xlcnn.workbook", None, None, True) in cases  # a skipped testcase
+    assert int(suite["skipped"]) == 1 and suite["failures"] == "0"
+
+
+@pytest.mark.parametrize("sheet, cell, transform, field", [
+    ("09 predictions", "D8", lambda c: re.sub(r"<v>[^<]+</v>", "<v>0.5</v>", c), "cached_mismatches"),
+    ("02 conv1 c1", "AE10", lambda c: re.sub(r"<f>.*?</f>", "", c), "constant_cells"),
+], ids=["stale-cached-value", "constant-over-a-formula"])
+def test_no_keras_still_fails_a_broken_workbook(books, tmp_path, sheet, cell, transform, field):
+    bad = edit_cell(books["lenet.keras"], tmp_path / "bad.xlsx", sheet, cell, transform)
+    code, imported, out, rep, _ = no_keras(bad)
+    assert (code, imported) == (1, False), out
+    assert rep["passed"] is False and rep[field] and f"'{sheet}'!{cell}" in out
+    assert "no comparison with Keras was made" in out
+
+
+@pytest.mark.parametrize("option", [["--image", DIGIT], ["--images", SAMPLES / "digits"], ["--model", "m.keras"]])
+def test_no_keras_refuses_options_that_need_keras(books, capsys, option):
+    assert cli("verify", books["lenet.keras"], "--no-keras", *option) == 2
+    assert "cannot be combined with --no-keras" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- vectorised checks = one by one
+
+def lint_one_by_one(book):
+    """The lint of every formula text on its own (verify's lint before formula groups)."""
+    from xlcnn.formula import cell_name
+    from xlcnn.verify.checks import (_BAD_SHEET, EXCEL_MAX_ARGS, EXCEL_MAX_FORMULA, EXCEL_MAX_NESTING,
+                                     PORTABLE_FUNCTIONS)
+    problems = []
+    for name in book.sheets:
+        if not 1 <= len(name) <= 31 or _BAD_SHEET.search(name) or name.startswith("'") or name.endswith("'"):
+            problems.append(f"sheet name {name!r} is not valid in Excel (1-31 characters, none of \\ / ? * [ ] :)")
+    seen_functions = set()
+    for (sheet, row, col), text in book.formulas.items():
+        where = cell_name(sheet, row, col)
+        if len(text) + 1 > EXCEL_MAX_FORMULA:
+            problems.append(f"{where}: formula of {len(text) + 1} characters (Excel's limit is 8,192)")
+        if text.count("(") > EXCEL_MAX_NESTING or text.count(",") >= EXCEL_MAX_ARGS:
+            depth, args, worst_depth, worst_args = 0, [0], 0, 0
+            for ch in re.sub(r"'(?:[^']|'')*'|\"[^\"]*\"", "", text):
+                if ch == "(":
+                    depth += 1
+                    args.append(0)
+                    worst_depth = max(worst_depth, depth)
+                elif ch == ")":
+                    worst_args = max(worst_args, args.pop() + 1)
+                    depth -= 1
+                elif ch == ",":
+                    args[-1] += 1
+            if worst_depth > EXCEL_MAX_NESTING:
+                problems.append(f"{where}: nesting {worst_depth} levels deep (Excel's limit is 64)")
+            if worst_args > EXCEL_MAX_ARGS:
+                problems.append(f"{where}: a function with {worst_args} arguments (Excel's limit is 255)")
+        for fn in re.findall(r"([A-Za-z_][A-Za-z0-9_.]*)\(", re.sub(r"'(?:[^']|'')*'|\"[^\"]*\"", "", text)):
+            if fn.upper() not in PORTABLE_FUNCTIONS and fn.upper() not in seen_functions:
+                seen_functions.add(fn.upper())
+                problems.append(f"{where}: function {fn} is not in xlcnn's portable set (Excel 2010+ and LibreOffice)")
+    return problems
+
+
+def check_cached_one_by_one(book, value_of):
+    """The cached-value check one cell at a time (verify's check before the vectorised one)."""
+    import numpy as np
+    bad = []
+    for key in book.formulas:
+        cached = book.cached.get(key)
+        got = value_of(*key)
+        finite = isinstance(cached, (int, float)) and not isinstance(cached, bool) and np.isfinite(cached)
+        if not finite:
+            if cached is None or (isinstance(cached, str) and not np.isfinite(got)):
+                if cached is None:
+                    bad.append((key, got, None))
+                continue
+            if isinstance(cached, str) and cached.startswith("#"):
+                bad.append((key, got, cached))
+            continue
+        if not np.isfinite(got) or abs(got - float(cached)) > 1e-9 * max(1.0, abs(got)):
+            bad.append((key, got, cached))
+    return bad
+
+
+def same(a, b):
+    """Lists of (cell, value, cached) equal, NaN equal to NaN."""
+    import math
+    assert len(a) == len(b)
+    for (k1, g1, c1), (k2, g2, c2) in zip(a, b):
+        assert k1 == k2 and (g1 == g2 or (math.isnan(g1) and math.isnan(g2)))
+        assert c1 == c2 or (isinstance(c1, float) and math.isnan(c1) and math.isnan(c2))
+    return True
+
+
+def groups_of(book):
+    """Formula groups from the grouping alone (no compile: a formula may break Excel's limits)."""
+    import numpy as np
+    from xlcnn.formula.grouping import group_formulas
+    from xlcnn.verify.checks import formula_table
+    return [np.concatenate([c[0] for c in chunks]) for chunks in group_formulas(formula_table(book)[3]).values()]
+
+
+def test_lint_by_group_equals_one_by_one_on_hand_written_formulas(tmp_path):
+    import xlsxwriter
+
+    from xlcnn.formula import read_workbook
+    from xlcnn.verify import lint
+    path = tmp_path / "lint.xlsx"
+    wb = xlsxwriter.Workbook(str(path))
+    a = wb.add_worksheet("a")
+    b = wb.add_worksheet("b(1),x")
+    for r in range(6):
+        a.write_number(r, 0, r + 1.0)
+    for r in range(4):  # one group: only the references' digits (and so the lengths) differ
+        a.write_formula(r, 1, "=" + "+".join([f"A{r + 1}"] * (2000 + 300 * r)))
+        a.write_formula(r, 2, "=" + "ABS(" * (60 + 3 * r) + f"A{r + 1}" + ")" * (60 + 3 * r))
+        a.write_formula(r, 3, f"=MOD(A{r + 1},2)+LOG(A{r + 1})")
+        a.write_formula(r, 4, "=SUM(" + ",".join(f"A{1 + (i + r) % 6}" for i in range(256 + r)) + ")")
+        b.write_formula(r, 0, f"=ROUNDUP('b(1),x'!C{r + 1}*a!A{r + 1},1)&\"((,\"")
+    b.write_formula(5, 0, "=mod(a!A1,3)+ERF.PRECISE(a!A2)")
+    b.write_formula(6, 0, "=" + "EXP(" * 70 + "a!A1" + ")" * 70)
+    wb.close()
+    book = read_workbook(path)
+    want = lint_one_by_one(book)
+    assert len(want) >= 10 and any("8,192" in p for p in want) and any("nesting" in p for p in want)
+    assert any("arguments" in p for p in want) and any("function LOG " in p for p in want)
+    assert lint(book, groups_of(book)) == want
+    assert lint(book) == want  # no groups: every formula on its own
+
+
+def test_lint_and_cached_check_vectorised_equal_one_by_one_on_real_workbooks(books, tmp_path):
+    import numpy as np
+
+    from xlcnn.formula import evaluate, formula_groups, read_workbook
+    from xlcnn.verify import check_cached, lint, missing_formulas, read_contract, stage_cells
+    from xlcnn import manifest as mf
+    stale = edit_cell(books["lenet.keras"], tmp_path / "stale.xlsx", "09 predictions", "D8",
+                      lambda c: re.sub(r"<v>[^<]+</v>", "<v>0.5</v>", c))
+    gone = edit_cell(books["lenet.keras"], tmp_path / "gone.xlsx", "02 conv1 c1", "AE10",
+                     lambda c: re.sub(r"<f>.*?</f>", "", c))
+    for path in (books["lenet.keras"], books["padding_cf.h5"], stale, gone):
+        book = read_workbook(path)
+        result = evaluate(book)
+        keys = list(book.formulas)
+        for i, key in enumerate(keys[::97]):  # now break cached values of every kind
+            book.cached[key] = [None, "#N/A", "text", True, float("nan"), 1e9, book.cached[key] * (1 + 1e-6)][i % 7]
+        fast = check_cached(book, result.cells)
+        assert same(fast, check_cached_one_by_one(book, result.value))
+        assert len(fast) >= len(keys[::97]) * 3 // 7
+        assert lint(book, formula_groups(book)) == lint_one_by_one(book)
+        entries, _ = read_contract(book, path)
+        first = mf.layers(entries)[0]
+        from xlcnn.formula import cell_name
+        want = [cell_name(*k) for k in stage_cells(entries, first) if k not in book.formulas]
+        assert missing_formulas(book, entries, first) == want
+        assert (want == ["'02 conv1 c1'!AE10"]) == (path == gone)
+        rows, cols, _ = book.formula_cells(book.sheets[-1])
+        np.testing.assert_array_equal(result.cells(book.sheets[-1], rows, cols),
+                                      [result.value(book.sheets[-1], r, c) for r, c in zip(rows, cols)])

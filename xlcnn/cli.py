@@ -58,6 +58,9 @@ def _parser():
                    help="tolerance relative to each stage's scale, its largest |value| (default 1e-4)")
     v.add_argument("--engine", choices=["numpy", "libreoffice"], default="numpy",
                    help="who evaluates the formulas: xlcnn's NumPy engine or LibreOffice headless")
+    v.add_argument("--no-keras", action="store_true",
+                   help="check the workbook alone (evaluate every formula, cached values, constants, Excel's "
+                        "limits) without TensorFlow; no stage is compared with the model")
     v.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     return p
 

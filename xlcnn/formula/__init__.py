@@ -5,7 +5,9 @@ with NumPy, independently of the code that wrote them (``xlcnn verify`` relies o
     book.sheets, book.formulas, book.cached, book.constants, book.value(s, r, c), book.sheet_array(s)
     result = evaluate(book, overrides={(sheet, row, col): np.array([...B values...])})
     result.value(sheet, row, col); result.block(sheet, r0, c0, r1, c1); result.seconds
+    result.cells(sheet, rows, cols)         # many cells at once, NaN where no number
     compile_book(book).classes            # the compiled plan, cached as book.program
+    formula_groups(book)                  # formulas of one shape, as index arrays
 
 Modules by job: reader (zip + XML), parser (tokens, AST), grouping (formulas of one shape),
 program (compile), schedule (order), values, functions, execute + products (evaluation),
@@ -16,9 +18,9 @@ Only the standard library and NumPy are imported.
 """
 
 from .evaluate import Result, evaluate
-from .program import compile_book
+from .program import compile_book, formula_groups
 from .parser import FormulaError, cell_name, parse
 from .reader import Book, WorkbookError, read_workbook
 
-__all__ = ["Book", "FormulaError", "Result", "WorkbookError", "cell_name", "compile_book", "evaluate", "parse",
-           "read_workbook"]
+__all__ = ["Book", "FormulaError", "Result", "WorkbookError", "cell_name", "compile_book", "evaluate",
+           "formula_groups", "parse", "read_workbook"]

@@ -65,6 +65,22 @@ class Result:
             return float(V[0, row, col]) if self.batch is None else self._out(V[:, row, col])
         return self._book.value(self._book.sheets[s], row, col)
 
+    def cells(self, sheet, rows, cols):
+        """Numbers in the cells (rows[i], cols[i]) of ``sheet`` as float64 (n,), or (B, n) when
+        batched; NaN where a cell holds no number (empty, text, a boolean constant)."""
+        s = self._sheet(sheet)
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        V, M = self._V[s], self._M[s]
+        b = V.shape[0] if self.batch is None else self.batch
+        out = np.full((b, len(rows)), np.nan)
+        inside = (rows < M.shape[0]) & (cols < M.shape[1])
+        r, c = rows[inside], cols[inside]
+        out[:, inside] = np.where(M[r, c], V[:, r, c], np.nan)
+        for (ks, kr, kc), v in self._outside.items():
+            if ks == s:
+                out[:, (rows == kr) & (cols == kc)] = np.reshape(v, (-1, 1))
+        return out[0] if self.batch is None else out
+
     def block(self, sheet, r0, c0, r1, c1):
         """Inclusive rectangle as float64 (rows, cols), or (B, rows, cols) when batched; NaN
         where a cell holds no number."""

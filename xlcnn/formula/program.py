@@ -51,6 +51,7 @@ class Program:
         self.writer = []       # per sheet int32 class id of each formula cell, -1 elsewhere; or None
         self.n_formulas = 0
         self.n_constants = 0
+        self.groups = []       # per formula skeleton: int64 indices into the workbook-order formulas
 
 
 def compile_book(book):
@@ -59,6 +60,15 @@ def compile_book(book):
     if book.program is None:
         book.program = _compile(book)
     return book.program
+
+
+def formula_groups(book):
+    """The book's formulas grouped by shape: a list of int64 index arrays into the formulas in
+    workbook order (``book.formula_cells(sheet)`` of every sheet, concatenated), one array per
+    formula text that is the same up to its references' letters and digits.  Within a group the
+    functions, argument counts, nesting, strings and sheet names are the same; only the length
+    of the text varies.  Every formula is in exactly one group."""
+    return compile_book(book).groups
 
 
 def _compile(book):
@@ -80,6 +90,7 @@ def _compile(book):
     prog.n_formulas = len(texts)
     for key, chunks in group_formulas(texts).items():
         cells = np.concatenate([np.asarray(c[0], np.int64) for c in chunks])
+        prog.groups.append(cells)
         R_all = np.concatenate([c[1] for c in chunks])
         C_all = np.concatenate([c[2] for c in chunks])
         on = host[0, cells]

@@ -24,49 +24,65 @@ from .. import manifest as mf
 from ..errors import XlcnnError
 from ..formula import cell_name
 from .checks import (CACHED_RTOL, EXCEL_MAX_ARGS, EXCEL_MAX_FORMULA, EXCEL_MAX_NESTING, PORTABLE_FUNCTIONS,
-                     check_cached, constants_on_stage_sheets, lint, stage_cells)
+                     check_cached, constants_on_stage_sheets, formula_problems, formula_table, lint,
+                     missing_formulas, stage_cells)
 from .compare import DEFAULT_ATOL, DEFAULT_RTOL, IMAGE_SUFFIXES, StageResult, compare_batch, compare_stage, locate
 from .engines import input_overrides, libreoffice_values, prepare_like
 from .reading import constant_block, open_workbook, read_contract, resolve_model, sheet_rows
 from .report import (CHECK_CACHED, CHECK_CLASS, CHECK_CONSTANTS, CHECK_IMAGES, CHECK_LINT, CHECK_TOP1, Check, Report,
+                     CHECK_KERAS, NO_KERAS,
                      format_report, github_annotations, junit_xml, output_path,
                      stage_failure, workbook_checks, write_atomically)
 
-__all__ = ["CACHED_RTOL", "CHECK_CACHED", "CHECK_CLASS", "CHECK_CONSTANTS", "CHECK_IMAGES", "CHECK_LINT", "CHECK_TOP1",
+__all__ = ["CACHED_RTOL", "CHECK_CACHED", "CHECK_CLASS", "CHECK_CONSTANTS", "CHECK_IMAGES", "CHECK_LINT", "CHECK_TOP1", "CHECK_KERAS", "NO_KERAS",
            "Check", "DEFAULT_ATOL", "DEFAULT_RTOL", "EXCEL_MAX_ARGS", "EXCEL_MAX_FORMULA", "EXCEL_MAX_NESTING",
            "IMAGE_SUFFIXES", "PORTABLE_FUNCTIONS", "Report", "StageResult", "check_cached", "compare_batch",
            "compare_stage", "constant_block", "constants_on_stage_sheets", "format_report", "github_annotations",
-           "input_overrides", "junit_xml", "libreoffice_values", "lint", "locate", "open_workbook",
+           "formula_problems", "formula_table", "input_overrides", "junit_xml", "libreoffice_values", "lint", "locate", "missing_formulas", "open_workbook",
            "prepare_like", "read_contract", "resolve_model", "run_cli", "sheet_rows", "stage_cells",
            "stage_failure", "verify", "workbook_checks", "write_atomically"]
 
 
 def verify(workbook, model=None, image=None, atol=None, rtol=None, engine="numpy", images_dir=None,
-           progress=None, weights=None):
-    from ..formula import FormulaError, evaluate
-    from ..model import load
+           progress=None, weights=None, keras=True):
+    """Evaluate every formula of ``workbook``, check the workbook itself (cached values, formulas
+    where formulas belong, Excel's limits) and compare every stage with the Keras model it was
+    built from.  ``keras=False`` makes no comparison and never imports TensorFlow: the report
+    says so (Report.keras_compared False) and passes on the workbook checks alone."""
+    from ..formula import FormulaError, evaluate, formula_groups
     say = progress or (lambda _m: None)
     atol = DEFAULT_ATOL if atol is None else atol
     rtol = DEFAULT_RTOL if rtol is None else rtol
+    if not keras:
+        for option, value in (("--image", image), ("--images", images_dir), ("--model", model),
+                              ("--weights", weights)):
+            if value:
+                raise XlcnnError(f"{option} needs Keras; it cannot be combined with --no-keras")
     path = Path(workbook)
     say("reading the workbook")
     book = open_workbook(path)
     entries, about = read_contract(book, path)
-    model_path, weights_path, notes = resolve_model(path, about, model, weights)
-    report = Report(str(path), str(model_path), engine, atol=atol, rtol=rtol, notes=notes,
-                    formulas=len(book.formulas))
-    say("loading the model")
-    loaded = load(model_path, weights_path)
     input_layer = mf.layers(entries)[0]
-    layer_names = [l.name for l in loaded.layers]
-    missing = [n for n in layer_names if n not in mf.layers(entries)]
-    if missing:
-        raise XlcnnError(f"the manifest of {path} has no rows for layer(s) {', '.join(missing)} of {model_path}; "
-                         "is this the model the workbook was built from? (pass --model)")
+    if keras:
+        from ..model import load
+        model_path, weights_path, notes = resolve_model(path, about, model, weights)
+    else:
+        model_path, notes = about.get("model_path") or "(not loaded: --no-keras)", []
+    report = Report(str(path), str(model_path), engine, atol=atol, rtol=rtol, notes=notes,
+                    formulas=len(book.formulas), keras_compared=keras)
+    if keras:
+        say("loading the model")
+        loaded = load(model_path, weights_path)
+        layer_names = [l.name for l in loaded.layers]
+        missing = [n for n in layer_names if n not in mf.layers(entries)]
+        if missing:
+            raise XlcnnError(f"the manifest of {path} has no rows for layer(s) {', '.join(missing)} of "
+                             f"{model_path}; is this the model the workbook was built from? (pass --model)")
 
     # input: the workbook's own input cells, or an image prepared the way the workbook records
     overrides = None
-    x = mf.assemble(entries, input_layer, lambda *cells: constant_block(book, *cells))
+    if keras:
+        x = mf.assemble(entries, input_layer, lambda *cells: constant_block(book, *cells))
     if image:
         x = prepare_like(image, loaded, about)
         overrides = input_overrides(entries, input_layer, x[None])
@@ -77,41 +93,43 @@ def verify(workbook, model=None, image=None, atol=None, rtol=None, engine="numpy
     if engine == "libreoffice":
         if image:
             raise XlcnnError("--image cannot be combined with --engine libreoffice; use the numpy engine")
-        block, value_of = libreoffice_values(path)
+        block, cells = libreoffice_values(path)
     else:
         try:
             result = evaluate(book, overrides=overrides)
         except FormulaError as exc:
             raise XlcnnError(f"{path}: {exc}") from None
-        block, value_of = result.block, result.value
+        block, cells = result.block, result.cells
     report.evaluate_seconds = time.perf_counter() - t
 
     # the stages must be formulas, and their cached values current
-    for sheet, r, c in stage_cells(entries, input_layer):
-        if (sheet, r, c) not in book.formulas:
-            report.constant_cells.append(cell_name(sheet, r, c))
-    report.constant_cells += [c for c in constants_on_stage_sheets(book, entries, input_layer)
-                              if c not in report.constant_cells]
+    report.constant_cells = missing_formulas(book, entries, input_layer)
+    listed = set(report.constant_cells)
+    report.constant_cells += [c for c in constants_on_stage_sheets(book, entries, input_layer) if c not in listed]
     if not image:
         report.cached_checked = True
-        bad = check_cached(book, value_of)
+        bad = check_cached(book, cells)
         report.cached_mismatches = len(bad)
         report.cached_examples = [f"{cell_name(*k)}: cached {c!r}, formulas give {g:.9g}" for k, g, c in bad[:5]]
-    report.lint = lint(book)
+    try:
+        groups = formula_groups(book)
+    except FormulaError:  # the LibreOffice engine ran on a book the NumPy engine cannot compile
+        groups = None
+    report.lint = lint(book, groups)
 
-    say("running Keras")
-    outs = loaded.layer_outputs(x[None])
-    for layer in [input_layer] + layer_names:
-        got = mf.assemble(entries, layer, block)
-        want = x.astype(np.float64) if layer == input_layer else outs[layer][0]
-        report.stages.append(compare_stage(entries, layer, got, want, atol, rtol))
-    final = report.stages[-1]
-    if final.shape and len(final.shape) == 1:
-        report.predicted_workbook = int(np.argmax(mf.assemble(entries, layer_names[-1], block)))
-        report.predicted_keras = int(np.argmax(outs[layer_names[-1]][0]))
-
-    if images_dir:
-        compare_batch(report, book, entries, input_layer, layer_names, loaded, about, images_dir, say)
+    if keras:
+        say("running Keras")
+        outs = loaded.layer_outputs(x[None])
+        for layer in [input_layer] + layer_names:
+            got = mf.assemble(entries, layer, block)
+            want = x.astype(np.float64) if layer == input_layer else outs[layer][0]
+            report.stages.append(compare_stage(entries, layer, got, want, atol, rtol))
+        final = report.stages[-1]
+        if final.shape and len(final.shape) == 1:
+            report.predicted_workbook = int(np.argmax(mf.assemble(entries, layer_names[-1], block)))
+            report.predicted_keras = int(np.argmax(outs[layer_names[-1]][0]))
+        if images_dir:
+            compare_batch(report, book, entries, input_layer, layer_names, loaded, about, images_dir, say)
 
     failing = [s for s in report.stages if not s.passed]
     report.first_failure = failing[0].layer if failing else None
@@ -132,7 +150,7 @@ def run_cli(args, progress=None):
             outputs[option] = path
     report = verify(args.workbook, model=args.model, image=args.image, atol=args.atol, rtol=args.rtol,
                     engine=args.engine, images_dir=args.images, progress=progress,
-                    weights=getattr(args, "weights", None))
+                    weights=getattr(args, "weights", None), keras=not getattr(args, "no_keras", False))
     if not args.quiet:
         print(format_report(report))
     if os.environ.get("GITHUB_ACTIONS") == "true":

@@ -33,39 +33,89 @@ _BAD_SHEET = re.compile(r"[\\/?*\[\]:]")
 
 
 
-def lint(book):
-    """Excel's limits and portability: formula length, argument count, nesting, functions, names."""
+def formula_table(book):
+    """(sheet index, rows, cols, texts) of every formula cell in workbook order, the order of
+    xlcnn.formula's formula_groups and of ``book.formulas``."""
+    hosts, rows, cols, texts = [], [], [], []
+    for s, sheet in enumerate(book.sheets):
+        r, c, x = book.formula_cells(sheet)
+        hosts.append(np.full(len(x), s, np.int64))
+        rows += r
+        cols += c
+        texts += x
+    host = np.concatenate(hosts) if hosts else np.zeros(0, np.int64)
+    return host, np.asarray(rows, np.int64), np.asarray(cols, np.int64), texts
+
+
+_STRINGS = re.compile(r"'(?:[^']|'')*'|\"[^\"]*\"")
+_FUNCTION = re.compile(r"([A-Za-z_][A-Za-z0-9_.]*)\(")
+
+
+def formula_problems(text):
+    """(nesting depth, most arguments of one function, function names) of one formula text, or
+    (0, 0, names) when it is too short to come near the limits."""
+    bare = _STRINGS.sub("", text)
+    depth = args = 0
+    if text.count("(") > EXCEL_MAX_NESTING or text.count(",") >= EXCEL_MAX_ARGS:
+        d, stack = 0, [0]
+        for ch in bare:
+            if ch == "(":
+                d += 1
+                stack.append(0)
+                depth = max(depth, d)
+            elif ch == ")":
+                args = max(args, stack.pop() + 1)
+                d -= 1
+            elif ch == ",":
+                stack[-1] += 1
+    return depth, args, _FUNCTION.findall(bare)
+
+
+def lint(book, groups=None):
+    """Excel's limits and portability: formula length, argument count, nesting, functions, names.
+
+    Formulas of one shape (``groups``: xlcnn.formula.formula_groups(book), index arrays into the
+    workbook-order formulas) share their functions, argument counts and nesting; only length
+    varies.  So the text of each group's longest formula is read once for the group, the length
+    of every formula is checked in one array, and problems come out in cell order: the same list
+    as checking every formula one by one (the first cell naming a function reports it)."""
     problems = []
     for name in book.sheets:
         if not 1 <= len(name) <= 31 or _BAD_SHEET.search(name) or name.startswith("'") or name.endswith("'"):
             problems.append(f"sheet name {name!r} is not valid in Excel (1-31 characters, none of \\ / ? * [ ] :)")
-    seen_functions = set()
-    for (sheet, row, col), text in book.formulas.items():
-        where = cell_name(sheet, row, col)
-        if len(text) + 1 > EXCEL_MAX_FORMULA:
-            problems.append(f"{where}: formula of {len(text) + 1} characters (Excel's limit is 8,192)")
-        if text.count("(") > EXCEL_MAX_NESTING or text.count(",") >= EXCEL_MAX_ARGS:
-            depth, args, worst_depth, worst_args = 0, [0], 0, 0
-            for ch in re.sub(r"'(?:[^']|'')*'|\"[^\"]*\"", "", text):
-                if ch == "(":
-                    depth += 1
-                    args.append(0)
-                    worst_depth = max(worst_depth, depth)
-                elif ch == ")":
-                    worst_args = max(worst_args, args.pop() + 1)
-                    depth -= 1
-                elif ch == ",":
-                    args[-1] += 1
-            if worst_depth > EXCEL_MAX_NESTING:
-                problems.append(f"{where}: nesting {worst_depth} levels deep (Excel's limit is 64)")
-            if worst_args > EXCEL_MAX_ARGS:
-                problems.append(f"{where}: a function with {worst_args} arguments (Excel's limit is 255)")
-        for fn in re.findall(r"([A-Za-z_][A-Za-z0-9_.]*)\(", re.sub(r"'(?:[^']|'')*'|\"[^\"]*\"", "", text)):
-            if fn.upper() not in PORTABLE_FUNCTIONS and fn.upper() not in seen_functions:
-                seen_functions.add(fn.upper())
-                problems.append(f"{where}: function {fn} is not in xlcnn's portable set (Excel 2010+ and LibreOffice)")
-    return problems
+    host, rows, cols, texts = formula_table(book)
+    if groups is None:  # no shapes known: every formula on its own
+        groups = [np.array([i]) for i in range(len(texts))]
+    lengths = np.fromiter(map(len, texts), np.int64, len(texts)) + 1  # with the '='
+    found = []  # (cell index, order within the cell, message)
 
+    def where(i):
+        return cell_name(book.sheets[int(host[i])], int(rows[i]), int(cols[i]))
+
+    for i in np.flatnonzero(lengths > EXCEL_MAX_FORMULA).tolist():
+        found.append((i, 0, f"{where(i)}: formula of {int(lengths[i])} characters (Excel's limit is 8,192)"))
+    first_use = {}
+    for members in groups:
+        if not len(members):
+            continue
+        longest = int(members[int(np.argmax(lengths[members]))])
+        depth, args, functions = formula_problems(texts[longest])
+        first = int(members.min())
+        if depth > EXCEL_MAX_NESTING:
+            found += [(i, 1, f"{where(i)}: nesting {depth} levels deep (Excel's limit is 64)")
+                      for i in members.tolist()]
+        if args > EXCEL_MAX_ARGS:
+            found += [(i, 2, f"{where(i)}: a function with {args} arguments (Excel's limit is 255)")
+                      for i in members.tolist()]
+        for k, fn in enumerate(functions):
+            key = fn.upper()
+            if key not in PORTABLE_FUNCTIONS and (key not in first_use or first_use[key][:2] > (first, k)):
+                first_use[key] = (first, k, fn)
+    for first, k, fn in first_use.values():
+        found.append((first, 3 + k, f"{where(first)}: function {fn} is not in xlcnn's portable set "
+                                    "(Excel 2010+ and LibreOffice)"))
+    found.sort(key=lambda f: f[:2])
+    return problems + [m for _, _, m in found]
 
 
 def stage_cells(entries, input_layer):
@@ -109,22 +159,59 @@ def finite(v):
 
 
 
-def check_cached(book, values_of):
-    """Formula cells whose cached value disagrees with the evaluator's value."""
+def missing_formulas(book, entries, input_layer):
+    """Names of the stage cells that hold no formula (the input's cells are constants), stage by
+    stage, row by row: one mask per sheet instead of a look-up per cell."""
+    input_cells = {(e.sheet, *e.range) for e in entries if e.layer == input_layer}
+    stages = [e for e in entries if e.layer != input_layer and (e.sheet, *e.range) not in input_cells]
+    masks = {}
+    for e in stages:  # pass-through stages of the input point at the input's constants: skipped
+        masks.setdefault(e.sheet, [0, 0])
+        masks[e.sheet] = [max(masks[e.sheet][0], e.range[2] + 1), max(masks[e.sheet][1], e.range[3] + 1)]
+    for sheet, (nr, nc) in masks.items():
+        rows, cols, _ = book.formula_cells(sheet)
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        mask = masks[sheet] = np.zeros((max(nr, int(rows.max(initial=-1)) + 1),
+                                        max(nc, int(cols.max(initial=-1)) + 1)), bool)
+        mask[rows, cols] = True
+    found = []
+    for e in stages:
+        r0, c0, r1, c1 = e.range
+        for r, c in np.argwhere(~masks[e.sheet][r0:r1 + 1, c0:c1 + 1]).tolist():
+            found.append(cell_name(e.sheet, r0 + r, c0 + c))
+    return found
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_cached(book, values):
+    """Formula cells whose cached value disagrees with the evaluator's value: [((sheet, row,
+    col), value, cached)] in workbook order.  ``values(sheet, rows, cols)`` gives the evaluated
+    numbers of many cells at once (NaN where no number).  Numeric cached values are compared in
+    one array per sheet; only the others (missing, text, errors, booleans) are looked at one by one.
+
+    A cached number passes when the formulas give a finite number within CACHED_RTOL of it; a
+    missing cached value fails; a cached error (#...) fails unless the formulas give no finite
+    number; other text, booleans and non-finite cached numbers are not compared."""
     bad = []
-    for key in book.formulas:
-        cached = book.cached.get(key)
-        got = values_of(*key)
-        if isinstance(got, np.ndarray):
-            got = float(got.reshape(-1)[0])
-        if not finite(cached):
-            if cached is None or (isinstance(cached, str) and not np.isfinite(got)):
-                if cached is None:
-                    bad.append((key, got, None))
-                continue
-            if isinstance(cached, str) and cached.startswith("#"):
-                bad.append((key, got, cached))
+    get = book.cached.get
+    for sheet in book.sheets:
+        rows, cols, _ = book.formula_cells(sheet)
+        if not len(rows):
             continue
-        if not np.isfinite(got) or abs(got - float(cached)) > CACHED_RTOL * max(1.0, abs(got)):
-            bad.append((key, got, cached))
+        got = np.asarray(values(sheet, rows, cols), np.float64).reshape(len(rows), -1)[:, 0]
+        cached = [get((sheet, r, c)) for r, c in zip(rows, cols)]
+        is_float = np.fromiter(map(_is_number, cached), bool, len(cached))
+        want = np.fromiter((v if n else np.nan for v, n in zip(cached, is_float.tolist())), np.float64, len(cached))
+        with np.errstate(invalid="ignore"):
+            wrong = is_float & np.isfinite(want) & (
+                ~np.isfinite(got) | ~(np.abs(got - want) <= CACHED_RTOL * np.maximum(1.0, np.abs(got))))
+        for i in np.flatnonzero(~is_float).tolist():
+            v = cached[i]
+            if v is None or (isinstance(v, str) and v.startswith("#") and np.isfinite(got[i])):
+                wrong[i] = True
+        for i in np.flatnonzero(wrong).tolist():
+            bad.append(((sheet, rows[i], cols[i]), float(got[i]), cached[i]))
     return bad

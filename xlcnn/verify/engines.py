@@ -58,4 +58,7 @@ def libreoffice_values(path):
     def block(sheet, r0, c0, r1, c1):
         return np.array([[value_of(sheet, r, c) for c in range(c0, c1 + 1)] for r in range(r0, r1 + 1)])
 
-    return block, value_of
+    def cells(sheet, rows, cols):
+        return np.array([value_of(sheet, r, c) for r, c in zip(rows, cols)], np.float64)
+
+    return block, cells

@@ -37,10 +37,12 @@ class Report:
     batch_seconds: float | None = None
     atol: float = DEFAULT_ATOL
     rtol: float = DEFAULT_RTOL
+    keras_compared: bool = True   # False: --no-keras, the workbook checked alone
 
     def to_dict(self):
         d = asdict(self)
         d["stages"] = [dict(asdict(s), shape=list(s.shape)) for s in self.stages]
+        d["keras_comparison"] = "made" if self.keras_compared else NO_KERAS
         return d
 
     def to_dataframe(self):
@@ -53,6 +55,7 @@ def format_report(r):
     lines = [f"xlcnn verify {r.workbook}",
              f"model {r.model}; engine {r.engine}: {r.formulas:,} formulas evaluated in {r.evaluate_seconds:.2f} s",
              *(f"note: {n}" for n in r.notes),
+             *([NO_KERAS] if not r.keras_compared else []),
              "",
              f"{'stage':<24} {'class':<18} {'shape':<16} {'max abs err':>11} {'max rel err':>11} "
              f"{'err/scale':>10}  result"]
@@ -70,7 +73,7 @@ def format_report(r):
         if r.cached_mismatches:
             lines.append(f"cached values: {r.cached_mismatches:,} formula cells show a stale value, e.g.")
             lines.extend(f"  {e}" for e in r.cached_examples)
-        elif r.stages and r.cached_examples == []:
+        elif r.cached_checked and (r.stages or not r.keras_compared) and r.cached_examples == []:
             lines.append(f"cached values: all {r.formulas:,} agree with the formulas")
     if r.constant_cells:
         lines.append(f"{len(r.constant_cells):,} stage cells hold a constant where a formula belongs, first "
@@ -79,7 +82,10 @@ def format_report(r):
         lines.append(f"lint: {p}")
     if len(r.lint) > 10:
         lines.append(f"lint: … and {len(r.lint) - 10} more")
-    if r.passed:
+    if r.passed and not r.keras_compared:
+        lines.append("PASS (workbook checks only): every formula evaluates, cached values are current, stages are "
+                     "formulas, Excel's limits hold; NOT compared with Keras (--no-keras)")
+    elif r.passed:
         lines.append(f"PASS: every stage equals Keras within {r.rtol:g} of its scale (+{r.atol:g})")
     else:
         first = next((s for s in r.stages if not s.passed), None)
@@ -108,6 +114,9 @@ CHECK_TOP1 = "top-1 prediction agrees with Keras"
 
 
 CHECK_IMAGES = "top-1 agreement over --images"
+CHECK_KERAS = "stages equal Keras"
+NO_KERAS = ("no comparison with Keras was made (--no-keras): the formulas were evaluated and the workbook "
+            "checked, but no stage was compared with the model")
 
 
 @dataclass
@@ -199,6 +208,8 @@ def junit_xml(r):
                       f"passes when max abs error <= atol {r.atol:g} + rtol {r.rtol:g} x scale")
             failure = (stage_failure(s, r.atol, r.rtol), "StageMismatch", detail)
         cases.append((s.layer, s.klass or "xlcnn.images", failure, ""))
+    if not r.keras_compared:
+        cases.append((CHECK_KERAS, CHECK_CLASS, None, NO_KERAS))
     for c in workbook_checks(r):
         cases.append((c.name, CHECK_CLASS, None if c.passed else (c.message, c.kind, c.detail), c.skipped))
     failures = sum(1 for *_, f, _ in cases if f is not None)
@@ -209,7 +220,8 @@ def junit_xml(r):
     suite = ET.SubElement(root, "testsuite", name="xlcnn verify", **counts)
     props = ET.SubElement(suite, "properties")
     for key, value in (("workbook", r.workbook), ("model", r.model), ("engine", r.engine),
-                       ("formulas", r.formulas), ("rtol", f"{r.rtol:g}"), ("atol", f"{r.atol:g}")):
+                       ("formulas", r.formulas), ("rtol", f"{r.rtol:g}"), ("atol", f"{r.atol:g}"),
+                       ("keras", "compared" if r.keras_compared else "not compared (--no-keras)")):
         ET.SubElement(props, "property", name=key, value=_xml_safe(value))
     for name, classname, failure, skip in cases:
         case = ET.SubElement(suite, "testcase", name=_xml_safe(name), classname=_xml_safe(classname), time="0")
@@ -252,6 +264,8 @@ def github_annotations(r):
     check_lines = [command("error", f"xlcnn verify: {c.name}", f"{name}: {c.message}")
                    for c in workbook_checks(r) if not c.passed]
     notes = [command("warning", "xlcnn verify: note", f"{name}: {n}") for n in r.notes]
+    if not r.keras_compared:
+        notes.append(command("notice", "xlcnn verify: no comparison with Keras", f"{name}: {NO_KERAS}"))
     return stage_lines[:1] + check_lines + stage_lines[1:] + notes
 
 
