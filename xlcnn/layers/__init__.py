@@ -6,6 +6,7 @@ against Keras with a test in tests/test_layers.py.
 """
 
 from . import conv, core, depthwise, merge, normalization, pooling, reshaping  # noqa: F401  (importing registers the writers)
+from . import conv_transpose, layer_normalization  # noqa: F401
 from .base import HANDLERS, Context, LayerWriter
 
 __all__ = ["HANDLERS", "Context", "LayerWriter", "writer_for"]
