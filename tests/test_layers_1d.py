@@ -93,6 +93,12 @@ def _cases():
             L.Conv2D(2, 2), L.Reshape((9, 2)), L.Conv1D(3, 2, activation="relu"), L.GlobalAveragePooling1D(),
             L.Dense(2)]), ".keras"),
         "resnet_reshape_5x1": (functional(resnet_reshape), ".keras"),
+        # past Excel's 8,192-character formula limit the sums go to partial-sum cells, blocks of
+        # columns to the right on the stage's one sheet
+        "conv1d_partial_sums": (seq((4, 160), lambda: [
+            L.Conv1D(2, 3, padding="same", activation="relu", bias_initializer="random_normal")]), ".keras"),
+        "separable1d_partial_sums": (seq((3, 240), lambda: [L.SeparableConv1D(2, 2)]), ".keras"),
+        "conv2d_partial_sums": (seq((3, 3, 160), lambda: [L.Conv2D(2, 3, padding="same")]), ".keras"),
     }
 
 
@@ -143,3 +149,21 @@ def test_causal_padding_reads_only_the_past(built):
     first, fifth = ws["B5"].value, ws["B9"].value      # z of steps 0 and 4, channel 0
     assert "'01 input'!B5" in first and "'01 input'!B6" not in first and "'01 input'!B4" not in first
     assert "'01 input'!B7:B9" in fifth and "'01 input'!C7:C9" in fifth
+
+
+@pytest.mark.parametrize("name", ["conv1d_partial_sums", "separable1d_partial_sums", "conv2d_partial_sums"])
+def test_long_sums_go_to_partial_sum_cells_within_excels_limit(built, name):
+    import openpyxl
+    case = built[name]
+    _, entries = stage_values(case["book"])
+    stage = [e for e in entries if e.klass in ("Conv1D", "SeparableConv1D", "Conv2D")]
+    wb = openpyxl.load_workbook(case["book"])
+    formulas = [c.value for e in stage for row in wb[e.sheet].iter_rows() for c in row
+                if isinstance(c.value, str) and c.value.startswith("=")]
+    assert formulas and max(map(len, formulas)) <= 8192
+    z = wb[stage[0].sheet].cell(row=stage[0].range[0] + 1, column=stage[0].range[1] + 1).value
+    if name == "conv1d_partial_sums":   # relu's output block; z is the block before it
+        z = wb[stage[0].sheet].cell(row=5, column=2).value
+    # the stage cell sums partial-sum cells of its own sheet, which read the inputs
+    assert "SUMPRODUCT" not in z and "*" not in z, z
+    assert len(z.split("+")) >= 2

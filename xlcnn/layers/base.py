@@ -224,9 +224,9 @@ class LayerWriter:
         fused = str(self.config.get("activation", "linear")) not in ("linear", "None")
         fp.formulas = size * (2 if fused else 1)
         if len(out) == 3:
-            channel_axis = 0 if self.config.get("data_format") == "channels_first" else 2
-            h, w = [n for i, n in enumerate(out) if i != channel_axis]
-            fp.sheets += out[channel_axis]
+            axis = channel_axis(self.config.get("data_format"), 3)
+            h, w = [n for i, n in enumerate(out) if i != axis]
+            fp.sheets += out[axis]
             fp.grow(h + HEADER_ROWS, 2 * (w + 1) + 2, self.name)
         elif len(out) == 2:
             fp.sheets += 1
@@ -261,6 +261,32 @@ class LayerWriter:
 
 def ok(*_):
     return None
+
+
+def channel_axis(data_format, rank):
+    """Which axis of a Keras tensor (no batch axis) of this rank holds the channels."""
+    return 0 if data_format == "channels_first" else rank - 1
+
+
+def positive_ints(value, _config):
+    """An int or a tuple of ints, each at least 1 (kernel_size, strides, dilation_rate, size)."""
+    try:
+        if any(v < 1 for v in pair(value)):
+            return f"{value!r} must be positive"
+    except (TypeError, ValueError):
+        return f"{value!r} is not an int or a tuple of ints"
+    return None
+
+
+def positive_ints_or_none(value, config):
+    return None if value is None else positive_ints(value, config)
+
+
+def must_be_none(option):
+    """An option that changes the math unless it is off (lora_rank, quantization_config)."""
+    def checker(value, _config):
+        return None if value in (None, 0) else f"option {option}={value!r} is not supported"
+    return checker
 
 
 def one_of(*allowed):
@@ -343,6 +369,43 @@ def write_cellwise_stage(ctx, writer, like, values, formula_of, title, explain="
         places.append((sheet.name, r0, c0))
     maps.color_all(0, out)
     return Tensor(writer.name, values, like.channel_axis, places)
+
+
+FORMULA_LIMIT = 8000  # Excel's limit is 8,192 characters; keep a margin for the bias term
+
+
+def join_terms(maps, o, i, j, terms, tail, first_block, label, value_of):
+    """A weighted sum's formula for cell (i, j) of channel o: '+'.join(the terms' texts) + tail.
+    Past Excel's formula limit, chunks of terms go to partial-sum cells in blocks first_block,
+    first_block + 1, ... of channel o's maps, and the formula sums those cells.
+
+    terms: [(key, text)], text None for a term that adds nothing (a window wholly in the padding);
+    label(first key, last key) names a block of partial sums; value_of(keys) gives a chunk's value."""
+    live = [(key, t) for key, t in terms if t]
+    if not live:
+        return tail[1:] if tail else "0"
+    formula = "+".join(t for _, t in live) + tail
+    if len(formula) <= FORMULA_LIMIT:
+        return formula
+    chunks, current, size = [], [], 0
+    for key, t in live:
+        if current and size + len(t) + 1 > FORMULA_LIMIT:
+            chunks.append(current)
+            current, size = [], 0
+        current.append((key, t))
+        size += len(t) + 1
+    chunks.append(current)
+    sheet = maps.sheet(o)
+    book = maps.ctx.book
+    refs = []
+    for n, chunk in enumerate(chunks):
+        r0, col = maps.origin(o, first_block + n)
+        if i == 0 and j == 0 and (o == 0 or not maps.one_sheet):
+            sheet.label(r0 - 2, col, label(chunk[0][0], chunk[-1][0]), book.fmt_header)
+        sheet.formula(r0 + i, col + j, "+".join(t for _, t in chunk), value_of([key for key, _ in chunk]),
+                      book.fmt_partial)
+        refs.append(rng(sheet.name, r0 + i, col + j, r0 + i, col + j))
+    return "+".join(refs) + tail
 
 
 def write_elementwise_block(sheet, row0, col0, in_refs, z, name):

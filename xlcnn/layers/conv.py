@@ -12,22 +12,11 @@ import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
-from .base import (HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width, handles, ok,
-                   one_of, pair, sumproduct, which_text, write_activation_blocks)
+from .base import FORMULA_LIMIT  # noqa: F401  (conv_transpose imports it from here)
+from .base import (HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width, channel_axis,
+                   handles, join_terms, must_be_none, ok, one_of, positive_ints, sumproduct, which_text,
+                   write_activation_blocks)
 
-FORMULA_LIMIT = 8000  # Excel's limit is 8,192 characters; keep a margin for the bias term
-
-
-def _positive_pair(value, _config):
-    if any(v < 1 for v in pair(value)):
-        return f"{value!r} must be positive"
-    return None
-
-
-def _must_be_none(option):
-    def checker(value, _config):
-        return None if value in (None, 0) else f"option {option}={value!r} is not supported"
-    return checker
 
 
 def add_bias(z, bias, axis=0):
@@ -124,13 +113,13 @@ class ConvWriter(LayerWriter):
     its maps as (steps x 1) columns with a (k x 1) kernel (see base.Window)."""
     one_d = False
     options = {
-        "filters": ok, "kernel_size": _positive_pair, "strides": _positive_pair,
-        "dilation_rate": _positive_pair, "padding": one_of("valid", "same"),
+        "filters": ok, "kernel_size": positive_ints, "strides": positive_ints,
+        "dilation_rate": positive_ints, "padding": one_of("valid", "same"),
         "data_format": one_of("channels_last", "channels_first"),
         "groups": lambda v, c: None if isinstance(v, int) and v >= 1 else f"groups={v!r} must be a positive integer",
         "activation": activation_option, "use_bias": ok,
-        "lora_rank": _must_be_none("lora_rank"), "lora_alpha": ok,
-        "quantization_config": _must_be_none("quantization_config"),
+        "lora_rank": must_be_none("lora_rank"), "lora_alpha": ok,
+        "quantization_config": must_be_none("quantization_config"),
     }
 
     @property
@@ -146,8 +135,8 @@ class ConvWriter(LayerWriter):
         rank = 2 if self.one_d else 3
         self.expect_rank(input_shapes, rank)
         shape = input_shapes[0]
-        channel_axis = 0 if self.config["data_format"] == "channels_first" else rank - 1
-        spatial = [n for i, n in enumerate(shape) if i != channel_axis]
+        axis = channel_axis(self.config["data_format"], rank)
+        spatial = [n for i, n in enumerate(shape) if i != axis]
         H, W = (spatial[0], 1) if self.one_d else spatial
         (oh, _, _), (ow, _, _) = self.window.apply(H, W)
         if oh < 1 or ow < 1:
@@ -170,8 +159,8 @@ class ConvWriter(LayerWriter):
     def write(self, ctx, x):
         c = self.config
         rank = 2 if self.one_d else 3
-        channel_axis = 0 if c["data_format"] == "channels_first" else rank - 1
-        if x.rank != rank or x.channel_axis != channel_axis:
+        axis = channel_axis(c["data_format"], rank)
+        if x.rank != rank or x.channel_axis != axis:
             self.refuse(f"expects a {rank}-D {c['data_format']} input, got shape {x.values.shape}")
         kernel = self.kernel4()
         bias = self.weights()[1] if c["use_bias"] else None
@@ -216,6 +205,7 @@ class ConvWriter(LayerWriter):
             return out
 
         maps = MapSheets(ctx, self.name, cout, oh, ow, rank, title, explain)
+        x_chw = x.chw()
         first_partial_block = 1 if fn == "linear" else 2
         places = []
         for o in range(cout):
@@ -223,54 +213,22 @@ class ConvWriter(LayerWriter):
             first_in = (o // (cout // groups)) * cin   # the group's first input channel
             for i in range(oh):
                 for j in range(ow):
-                    terms = [(first_in + k, k, conv_term(x, first_in + k, o, taps_h[i], taps_w[j], kernel_range,
-                                                         dh, dw, k)) for k in range(cin)]
+                    terms = [(k, conv_term(x, first_in + k, o, taps_h[i], taps_w[j], kernel_range, dh, dw, k))
+                             for k in range(cin)]
                     b = o if bias_axis == 0 else (i if bias_axis == 1 else j)
                     tail = f"+{bias_cell(b)}" if bias is not None else ""
-                    formula = self._sum(maps, o, terms, tail, i, j, first_partial_block, x, taps_h[i], taps_w[j],
-                                        kernel)
+
+                    def part(keys, o=o, i=i, j=j, first_in=first_in):
+                        return sum(x_chw[first_in + k, r, q] * kernel[a, bb, k, o]
+                                   for k in keys for r, a in taps_h[i] for q, bb in taps_w[j])
+
+                    formula = join_terms(maps, o, i, j, terms, tail, first_partial_block,
+                                         lambda k0, k1, f=first_in: text("stage.partial", c0=f + k0, c1=f + k1), part)
                     sheet.formula(r0 + i, c0 + j, formula, z[o, i, j])
             places.append((sheet.name, r0, c0))
         maps.color_all(0, z)
         places, out = write_activation_blocks(maps, fn, places, z, text("stage.z_block"))
-        return Tensor.from_chw(self.name, out, rank, channel_axis, places)
-
-    def _sum(self, maps, o, terms, tail, i, j, first_block, x, taps_i, taps_j, kernel):
-        """Join the per-channel terms [(input channel, kernel index, text)]; past Excel's formula
-        limit, move chunks of channels to partial-sum cells, in blocks to the right."""
-        live = [t for _, _, t in terms if t]
-        formula = "+".join(live) + tail
-        if not live:
-            return tail[1:] if tail else "0"
-        if len(formula) <= FORMULA_LIMIT:
-            return formula
-        # Split by input channel into chunks that each fit.
-        chunks, current, size = [], [], 0
-        for ci, k, t in terms:
-            if t is None:
-                continue
-            if current and size + len(t) + 1 > FORMULA_LIMIT:
-                chunks.append(current)
-                current, size = [], 0
-            current.append((ci, k, t))
-            size += len(t) + 1
-        chunks.append(current)
-        refs = []
-        x_chw = x.chw()
-        book = maps.ctx.book
-        for n, chunk in enumerate(chunks):
-            sheet = maps.sheet(o)
-            r0, col = maps.origin(o, first_block + n)
-            if i == 0 and j == 0 and (o == 0 or not maps.one_sheet):
-                sheet.label(r0 - 2, col, text("stage.partial", c0=chunk[0][0], c1=chunk[-1][0]), book.fmt_header)
-            part = 0.0
-            for ci, k, _ in chunk:
-                for r, a in taps_i:
-                    for q, b in taps_j:
-                        part += x_chw[ci, r, q] * kernel[a, b, k, o]
-            sheet.formula(r0 + i, col + j, "+".join(t for _, _, t in chunk), part, book.fmt_partial)
-            refs.append(rng(sheet.name, r0 + i, col + j, r0 + i, col + j))
-        return "+".join(refs) + tail
+        return Tensor.from_chw(self.name, out, rank, axis, places)
 
 
 @handles("Conv2D")

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import activations as act
-from .base import (HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width, handles,
-                   ok, one_of, which_text, write_activation_blocks, write_weight_matrix)
-from .conv import (FORMULA_LIMIT, _must_be_none, _positive_pair, add_bias, conv_term, conv_values,
-                   write_conv_weights)
+from .base import (HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width, channel_axis,
+                   handles, join_terms, must_be_none, ok, one_of, positive_ints, which_text,
+                   write_activation_blocks, write_weight_matrix)
+from .conv import add_bias, conv_term, conv_values, write_conv_weights
 
 
 def _groups_one(value, _config):
@@ -31,14 +31,14 @@ def _groups_one(value, _config):
 
 
 COMMON_OPTIONS = {
-    "kernel_size": _positive_pair, "strides": _positive_pair, "dilation_rate": _positive_pair,
+    "kernel_size": positive_ints, "strides": positive_ints, "dilation_rate": positive_ints,
     "padding": one_of("valid", "same"), "data_format": one_of("channels_last", "channels_first"),
     "depth_multiplier": lambda v, c: None if isinstance(v, int) and v >= 1 else f"depth_multiplier={v!r} must be ≥ 1",
     "activation": activation_option, "use_bias": ok, "groups": _groups_one,
     # training only
     "depthwise_regularizer": ok, "depthwise_constraint": ok,
-    "lora_rank": _must_be_none("lora_rank"), "lora_alpha": ok,
-    "quantization_config": _must_be_none("quantization_config"),
+    "lora_rank": must_be_none("lora_rank"), "lora_alpha": ok,
+    "quantization_config": must_be_none("quantization_config"),
 }
 
 
@@ -84,12 +84,12 @@ class _DepthwiseBase(LayerWriter):
         return fp
 
     def channel_axis_of(self, out):
-        return 0 if self.config["data_format"] == "channels_first" else len(out) - 1
+        return channel_axis(self.config["data_format"], len(out))
 
     def geometry(self, x):
         c = self.config
-        channel_axis = 0 if c["data_format"] == "channels_first" else self.rank - 1
-        if x.rank != self.rank or x.channel_axis != channel_axis:
+        axis = channel_axis(c["data_format"], self.rank)
+        if x.rank != self.rank or x.channel_axis != axis:
             self.refuse(f"expects a {self.rank}-D {c['data_format']} input, "
                         f"got shape {x.values.shape}")
         fn = act.activation_name(c["activation"])
@@ -101,7 +101,7 @@ class _DepthwiseBase(LayerWriter):
         (oh, taps_h, pads_h), (ow, taps_w, pads_w) = geo.apply(H, W)
         if oh < 1 or ow < 1:
             self.refuse(f"the kernel does not fit the {H}×{W} input")
-        return Geometry(channel_axis, fn, geo, (oh, ow), (taps_h, taps_w), (pads_h, pads_w))
+        return Geometry(axis, fn, geo, (oh, ow), (taps_h, taps_w), (pads_h, pads_w))
 
     def write_depthwise_weights(self, ctx, kernel, bias):
         """conv.py's weight sheet, for a kernel (kh, kw, C, M) seen as (kh, kw, 1, C·M), relabelled."""
@@ -271,10 +271,12 @@ class SeparableConv2DWriter(_DepthwiseBase):
             sheet, r0, c0 = maps.start(f)
             for i in range(oh):
                 for j in range(ow):
-                    terms = [(m, f"{d_t.cell(m, i, j)}*{pw_cell(m, f)}", d[m, i, j] * pw[m, f]) for m in range(mid)]
+                    terms = [(m, f"{d_t.cell(m, i, j)}*{pw_cell(m, f)}") for m in range(mid)]
                     b = f if bias_axis == 0 else (i if bias_axis == 1 else j)
                     tail = f"+{bias_cell(b)}" if bias is not None else ""
-                    formula = self._pointwise_sum(maps, f, terms, tail, i, j, first_partial_block)
+                    formula = join_terms(maps, f, i, j, terms, tail, first_partial_block,
+                                         lambda m0, m1: text("depthwise.partial", c0=m0, c1=m1),
+                                         lambda keys, f=f, i=i, j=j: sum(d[m, i, j] * pw[m, f] for m in keys))
                     sheet.formula(r0 + i, c0 + j, formula, z[f, i, j])
             places.append((sheet.name, r0, c0))
         maps.color_all(0, z)
@@ -295,32 +297,6 @@ class SeparableConv2DWriter(_DepthwiseBase):
             return rng(name, FIRST_ROW, FIRST_COL + f, FIRST_ROW, FIRST_COL + f, absolute=True)
 
         return name, weight, bias_cell
-
-    @staticmethod
-    def _pointwise_sum(maps, f, terms, tail, i, j, first_block):
-        """Σ map × weight; past Excel's formula limit, chunks go to partial-sum cells to the right."""
-        formula = "+".join(t for _, t, _ in terms) + tail
-        if len(formula) <= FORMULA_LIMIT:
-            return formula
-        chunks, current, size = [], [], 0
-        for term in terms:
-            if current and size + len(term[1]) + 1 > FORMULA_LIMIT:
-                chunks.append(current)
-                current, size = [], 0
-            current.append(term)
-            size += len(term[1]) + 1
-        chunks.append(current)
-        refs = []
-        sheet = maps.sheet(f)
-        for k, chunk in enumerate(chunks):
-            r0, col = maps.origin(f, first_block + k)
-            if i == 0 and j == 0 and (f == 0 or not maps.one_sheet):
-                sheet.label(r0 - 2, col, text("depthwise.partial", c0=chunk[0][0], c1=chunk[-1][0]),
-                            sheet.book.fmt_header)
-            sheet.formula(r0 + i, col + j, "+".join(t for _, t, _ in chunk), sum(v for _, _, v in chunk),
-                          sheet.book.fmt_partial)
-            refs.append(rng(sheet.name, r0 + i, col + j, r0 + i, col + j))
-        return "+".join(refs) + tail
 
 
 @handles("SeparableConv1D")

@@ -9,15 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..layout import Tensor, text
-from .base import LayerWriter, MapSheets, Window, handles, one_of, pair, which_text
-
-
-def _positive_pair_or_none(value, _config):
-    if value is None:
-        return None
-    if any(v < 1 for v in pair(value)):
-        return f"{value!r} must be positive"
-    return None
+from .base import LayerWriter, MapSheets, Window, channel_axis, handles, one_of, positive_ints_or_none, which_text
 
 
 def pool_values(x_chw, taps_h, taps_w, reduce):
@@ -37,7 +29,7 @@ class Pooling2DWriter(LayerWriter):
     """One writer for max and average pooling in 1-D and 2-D, as Keras's base_pooling.py."""
     one_d = False
     options = {
-        "pool_size": _positive_pair_or_none, "strides": _positive_pair_or_none,
+        "pool_size": positive_ints_or_none, "strides": positive_ints_or_none,
         "padding": one_of("valid", "same"),
         "data_format": one_of("channels_last", "channels_first"),
     }
@@ -60,8 +52,8 @@ class Pooling2DWriter(LayerWriter):
     def write(self, ctx, x):
         c = self.config
         rank = 2 if self.one_d else 3
-        channel_axis = 0 if c["data_format"] == "channels_first" else rank - 1
-        if x.rank != rank or x.channel_axis != channel_axis:
+        axis = channel_axis(c["data_format"], rank)
+        if x.rank != rank or x.channel_axis != axis:
             self.refuse(f"expects a {rank}-D {c['data_format']} input, got shape {x.values.shape}")
         geo = self.window
         H, W = x.hw
@@ -88,7 +80,7 @@ class Pooling2DWriter(LayerWriter):
                     sheet.formula(r0 + i, c0 + j, f"{fn}({window})", out[ch, i, j])
             places.append((sheet.name, r0, c0))
         maps.color_all(0, out)
-        return Tensor.from_chw(self.name, out, rank, channel_axis, places)
+        return Tensor.from_chw(self.name, out, rank, axis, places)
 
 
 @handles("MaxPooling1D", "AveragePooling1D")

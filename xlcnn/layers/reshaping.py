@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, text
-from .base import LayerWriter, MapSheets, handles, ok, one_of, pair, which_text
+from .base import LayerWriter, MapSheets, channel_axis, handles, ok, one_of, pair, positive_ints, which_text
 
 DATA_FORMATS = one_of("channels_last", "channels_first")
 
@@ -40,13 +40,13 @@ def check_layout(writer, x, rank=3):
     """The layer's data_format must name the axis x keeps its channels on. 1-D layers without a
     data_format (Cropping1D, UpSampling1D) work on axis 1, the steps of a channels_last signal."""
     fmt = writer.config.get("data_format") or "channels_last"
-    channel_axis = 0 if fmt == "channels_first" else rank - 1
-    if x.rank != rank or x.channel_axis != channel_axis:
+    axis = channel_axis(fmt, rank)
+    if x.rank != rank or x.channel_axis != axis:
         writer.refuse(f"expects a {rank}-D {fmt} input, got shape {x.values.shape}")
-    return channel_axis
+    return axis
 
 
-def write_copy_maps(ctx, writer, x_out_chw, source, channel_axis, title_of, explain, rank=3):
+def write_copy_maps(ctx, writer, x_out_chw, source, axis, title_of, explain, rank=3):
     """The output maps (MapSheets); cell (i, j) of channel c = source(c, i, j), a reference, or None for 0."""
     channels, h, w = x_out_chw.shape
     maps = MapSheets(ctx, writer.name, channels, h, w, rank, title_of, lambda _c: explain)
@@ -58,7 +58,7 @@ def write_copy_maps(ctx, writer, x_out_chw, source, channel_axis, title_of, expl
                 sheet.formula(r0 + i, c0 + j, source(c, i, j) or "0", x_out_chw[c, i, j])
         places.append((sheet.name, r0, c0))
     maps.color_all(0, x_out_chw)
-    return Tensor.from_chw(writer.name, x_out_chw, rank, channel_axis, places)
+    return Tensor.from_chw(writer.name, x_out_chw, rank, axis, places)
 
 
 @handles("ZeroPadding2D")
@@ -75,7 +75,7 @@ class ZeroPadding2DWriter(LayerWriter):
         return _pairs(self.config["padding"])
 
     def write(self, ctx, x):
-        channel_axis = check_layout(self, x, self.rank)
+        axis = check_layout(self, x, self.rank)
         (t, b), (l, r) = self.pads()
         out = np.pad(x.chw(), ((0, 0), (t, b), (l, r)))
         H, W = x.hw
@@ -86,7 +86,7 @@ class ZeroPadding2DWriter(LayerWriter):
             return None
 
         key = "zero_padding" if self.rank == 3 else "zero_padding_1d"
-        return write_copy_maps(ctx, self, out, source, channel_axis,
+        return write_copy_maps(ctx, self, out, source, axis,
                                lambda c: text(f"reshaping.{key}", step=ctx.step, name=self.name, kind=self.kind,
                                               which=which_text(self.rank == 2, c, x.channels, False),
                                               top=t, bottom=b, left=l, right=r),
@@ -107,33 +107,24 @@ class Cropping2DWriter(LayerWriter):
         return _pairs(self.config["cropping"])
 
     def write(self, ctx, x):
-        channel_axis = check_layout(self, x, self.rank)
+        axis = check_layout(self, x, self.rank)
         (t, b), (l, r) = self.cuts()
         H, W = x.hw
         if t + b >= H or (self.rank == 3 and l + r >= W):
             self.refuse(f"cropping {self.config['cropping']} leaves nothing of the {H}×{W} map")
         out = x.chw()[:, t:H - b, l:W - r]
         key = "cropping" if self.rank == 3 else "cropping_1d"
-        return write_copy_maps(ctx, self, out, lambda c, i, j: x.cell(c, i + t, j + l), channel_axis,
+        return write_copy_maps(ctx, self, out, lambda c, i, j: x.cell(c, i + t, j + l), axis,
                                lambda c: text(f"reshaping.{key}", step=ctx.step, name=self.name, kind=self.kind,
                                               which=which_text(self.rank == 2, c, x.channels, False),
                                               top=t, bottom=b, left=l, right=r),
                                text("reshaping.cropping_explain"), self.rank)
 
 
-def _positive_pair(value, _config):
-    try:
-        if any(v < 1 for v in pair(value)):
-            return f"{value!r} must be positive"
-    except (TypeError, ValueError):
-        return f"{value!r} is not an int or a pair of ints"
-    return None
-
-
 @handles("UpSampling2D")
 class UpSampling2DWriter(LayerWriter):
     # 'bilinear', 'bicubic', 'lanczos3', 'lanczos5' and 'area' resample; only 'nearest' copies cells
-    options = {"size": _positive_pair, "data_format": DATA_FORMATS,
+    options = {"size": positive_ints, "data_format": DATA_FORMATS,
                "interpolation": lambda v, c: None if str(v).lower() == "nearest" else
                    f"interpolation={v!r} is not supported (supported: 'nearest')"}
 
@@ -147,11 +138,11 @@ class UpSampling2DWriter(LayerWriter):
         return pair(self.config["size"])
 
     def write(self, ctx, x):
-        channel_axis = check_layout(self, x, self.rank)
+        axis = check_layout(self, x, self.rank)
         sh, sw = self.sizes()
         out = np.repeat(np.repeat(x.chw(), sh, axis=1), sw, axis=2)
         key = "upsampling" if self.rank == 3 else "upsampling_1d"
-        return write_copy_maps(ctx, self, out, lambda c, i, j: x.cell(c, i // sh, j // sw), channel_axis,
+        return write_copy_maps(ctx, self, out, lambda c, i, j: x.cell(c, i // sh, j // sw), axis,
                                lambda c: text(f"reshaping.{key}", step=ctx.step, name=self.name, kind=self.kind,
                                               which=which_text(self.rank == 2, c, x.channels, False), sh=sh, sw=sw),
                                text("reshaping.upsampling_explain", sh=sh, sw=sw), self.rank)
@@ -202,14 +193,14 @@ class ReshapeWriter(LayerWriter):
             return Tensor(self.name, values, None, [(name, FIRST_ROW, FIRST_COL)])
         fmt = ctx.next_data_format or self.spec.fact("image_data_format", "channels_last")
         rank = values.ndim
-        channel_axis = 0 if fmt == "channels_first" else rank - 1
-        chw_refs = Tensor(self.name, refs, channel_axis, []).chw()
+        axis = channel_axis(fmt, rank)
+        chw_refs = Tensor(self.name, refs, axis, []).chw()
         where = "one sheet per channel" if rank == 3 else "one column per channel"
-        order = f"{fmt}: channel axis {channel_axis} of {shape_text} is stored {where}."
-        chw = Tensor(self.name, values, channel_axis, []).chw()
-        return write_copy_maps(ctx, self, chw, lambda c, i, j: chw_refs[c, i, j], channel_axis,
+        order = f"{fmt}: channel axis {axis} of {shape_text} is stored {where}."
+        chw = Tensor(self.name, values, axis, []).chw()
+        return write_copy_maps(ctx, self, chw, lambda c, i, j: chw_refs[c, i, j], axis,
                                lambda c: text("reshaping.reshape_3d", step=ctx.step, name=self.name, shape=shape_text,
-                                              which=which_text(rank == 2, c, values.shape[channel_axis], False)),
+                                              which=which_text(rank == 2, c, values.shape[axis], False)),
                                text("reshaping.reshape_explain", order=order), rank)
 
 
@@ -228,7 +219,7 @@ class GlobalPooling2DWriter(LayerWriter):
         return f"{what} of each whole map: one value per channel{keep}"
 
     def write(self, ctx, x):
-        channel_axis = check_layout(self, x, self.rank)
+        axis = check_layout(self, x, self.rank)
         H, W = x.hw
         fn = "MAX" if self.is_max else "AVERAGE"
         key = "global_max" if self.is_max else "global_avg"
@@ -238,7 +229,7 @@ class GlobalPooling2DWriter(LayerWriter):
         explain = text(f"reshaping.{key}_explain", size=f"{H}×{W}" if self.rank == 3 else f"{H}-step")
         if self.config.get("keepdims"):
             return write_copy_maps(ctx, self, out[:, None, None],
-                                   lambda c, i, j: f"{fn}({x.window(c, 0, H - 1, 0, W - 1)})", channel_axis,
+                                   lambda c, i, j: f"{fn}({x.window(c, 0, H - 1, 0, W - 1)})", axis,
                                    lambda c: text(f"reshaping.{key}_channel", step=ctx.step, name=self.name,
                                                   kind=self.kind,
                                                   which=which_text(self.rank == 2, c, x.channels)),
