@@ -131,7 +131,8 @@ class DenseWriter(LayerWriter):
         return Tensor(self.name, values, None, [(name, FIRST_ROW, col)])
 
 
-@handles("Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "ActivityRegularization")
+@handles("Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "GaussianDropout",
+         "ActivityRegularization")
 class PassThroughWriter(LayerWriter):
     """Identity at inference: no sheet of its own; the manifest points at its input's cells."""
     passthrough = True
