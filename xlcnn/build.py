@@ -18,6 +18,7 @@ import numpy as np
 from . import __version__
 from . import image as image_mod
 from . import limits
+from . import manifest
 from . import model as model_mod
 from .errors import XlcnnError
 from .layers import Context, writer_for
@@ -352,28 +353,15 @@ def _preview_png(preview, size=140):
 
 
 def _write_manifest(book, loaded, stages):
-    sheet = book.add_sheet("manifest", back_link=False)
-    ws = sheet.ws
-    ws.freeze_panes(1, 0)
-    for j, head in enumerate(text("manifest.headers")):
-        ws.write(0, j, head, book.fmt_header)
-    row = 0
+    """The contract sheet (xlcnn/manifest.py writes and reads it): a row per tensor channel."""
+    rows = []
     for stage in stages:
         t = stage.tensor
         klass = stage.writer.kind if stage.writer else "InputLayer"
         for channel, sheet_name, cells in t.manifest_rows():
-            row += 1
-            ws.write(row, 0, t.layer)
-            if channel is not None:
-                ws.write_number(row, 1, channel)
-            ws.write(row, 2, sheet_name)
-            ws.write(row, 3, cells)
-            ws.write(row, 4, klass)
-            ws.write(row, 5, _shape_text(t.values.shape))
-            if t.channel_axis is not None:
-                ws.write_number(row, 6, t.channel_axis)
-    for j, w in enumerate([22, 8, 28, 12, 18, 16, 12]):
-        ws.set_column(j, j, w)
+            rows.append(manifest.Entry(t.layer, channel, sheet_name, manifest.parse_range(cells), klass,
+                                       tuple(t.values.shape), t.channel_axis))
+    manifest.write(book, rows, text("manifest.headers"))
 
 
 def _write_about(book, loaded, prepared, model_path, image_path, out, layout, invert, stages):

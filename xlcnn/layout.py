@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .manifest import column_letters
+from .manifest import range_text as manifest_range_text
+
 # An installed wheel carries templates/ as the package xlcnn.templates; a checkout has it at the top.
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 if not (TEMPLATES / "texts.toml").exists():
@@ -57,12 +60,7 @@ def style(key=None):
 
 def col_letter(col):
     """0-based column index -> Excel letters (0 -> A, 26 -> AA)."""
-    letters = ""
-    col += 1
-    while col:
-        col, rem = divmod(col - 1, 26)
-        letters = chr(65 + rem) + letters
-    return letters
+    return column_letters(col)
 
 
 def a1(row, col, abs_row=False, abs_col=False):
@@ -89,9 +87,7 @@ def rng(sheet, r0, c0, r1, c1, absolute=False, abs_row=None, abs_col=None):
     return f"{quote_sheet(sheet)}!{a1(r0, c0, r, c)}:{a1(r1, c1, r, c)}"
 
 
-def range_text(r0, c0, r1, c1):
-    """A range without a sheet, as the manifest stores it (B4:AC31)."""
-    return f"{a1(r0, c0)}:{a1(r1, c1)}"
+range_text = manifest_range_text   # a range without a sheet, as the manifest stores it (B4:AC31)
 
 
 class SheetNames:

@@ -1,6 +1,6 @@
-"""Reading the workbook's contract: the `manifest` sheet (where every tensor lives) and the `about`
-sheet (what the workbook was built from). Used by verify and by outside tools; it knows nothing of
-how the formulas were written.
+"""The workbook's contract, written and read here only: the `manifest` sheet (where every tensor
+lives) and the `about` sheet (what the workbook was built from). build writes it, verify and outside
+tools read it; it knows nothing of how the formulas were written.
 
 manifest columns: layer | channel | sheet | range | class | keras_shape | channel_axis
 """
@@ -25,6 +25,21 @@ def parse_cell(text):
     for ch in m.group(1):
         col = col * 26 + ord(ch) - 64
     return int(m.group(2)) - 1, col - 1
+
+
+def column_letters(col):
+    """0-based column index -> Excel letters (0 -> A, 26 -> AA)."""
+    letters = ""
+    col += 1
+    while col:
+        col, rem = divmod(col - 1, 26)
+        letters = chr(65 + rem) + letters
+    return letters
+
+
+def range_text(r0, c0, r1, c1):
+    """(r0, c0, r1, c1), 0-based inclusive -> 'B4:AC31', as the manifest stores a range."""
+    return f"{column_letters(c0)}{r0 + 1}:{column_letters(c1)}{r1 + 1}"
 
 
 def parse_range(text):
@@ -74,6 +89,28 @@ def parse(rows, sheets):
     if not entries:
         raise XlcnnError("the manifest sheet lists no tensors")
     return entries
+
+
+def write(book, entries, headers):
+    """Write the manifest sheet: a header row, then one row per Entry (a tensor's channel)."""
+    sheet = book.add_sheet("manifest", back_link=False)
+    ws = sheet.ws
+    ws.freeze_panes(1, 0)
+    for j, head in enumerate(headers):
+        ws.write(0, j, head, book.fmt_header)
+    for row, e in enumerate(entries, start=1):
+        ws.write(row, 0, e.layer)
+        if e.channel is not None:
+            ws.write_number(row, 1, e.channel)
+        ws.write(row, 2, e.sheet)
+        ws.write(row, 3, range_text(*e.range))
+        ws.write(row, 4, e.klass)
+        ws.write(row, 5, "(" + ", ".join(str(n) for n in e.shape) + ")")
+        if e.channel_axis is not None:
+            ws.write_number(row, 6, e.channel_axis)
+    for j, w in enumerate([22, 8, 28, 12, 18, 16, 12]):
+        ws.set_column(j, j, w)
+    return sheet
 
 
 def layers(entries):
