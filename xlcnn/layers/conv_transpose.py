@@ -24,17 +24,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layout import FIRST_COL, Tensor, rng, text
+from ..layout import FIRST_COL, Tensor, quote_sheet, text
 from . import activations as act
-from .base import (HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width, handles, ok,
-                   one_of, pair, which_text, write_activation_blocks)
-from .conv import FORMULA_LIMIT, write_conv_weights
-
-
-def _positive(value, _config):
-    if any(v < 1 for v in pair(value)):
-        return f"{value!r} must be positive"
-    return None
+from .base import (FORMULA_LIMIT, HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width,
+                   channel_axis, handles, join_terms, ok, one_of, pair, positive_ints, which_text,
+                   write_activation_blocks)
+from .conv import write_conv_weights
 
 
 def _output_padding(value, config):
@@ -134,7 +129,7 @@ class ConvTransposeWriter(LayerWriter):
     """Conv1DTranspose and Conv2DTranspose: one writer; a 1-D layer's maps are (steps x 1) columns."""
     one_d = False
     options = {
-        "filters": ok, "kernel_size": _positive, "strides": _positive, "dilation_rate": _positive,
+        "filters": ok, "kernel_size": positive_ints, "strides": positive_ints, "dilation_rate": positive_ints,
         "padding": one_of("valid", "same"), "output_padding": _output_padding,
         "data_format": one_of("channels_last", "channels_first"),
         "activation": activation_option, "use_bias": ok,
@@ -180,9 +175,8 @@ class ConvTransposeWriter(LayerWriter):
                         "use a Dense layer or an Activation after Flatten")
 
     def _spatial(self, shape):
-        rank = 2 if self.one_d else 3
-        channel_axis = 0 if self.config["data_format"] == "channels_first" else rank - 1
-        spatial = [n for i, n in enumerate(shape) if i != channel_axis]
+        axis = channel_axis(self.config["data_format"], 2 if self.one_d else 3)
+        spatial = [n for i, n in enumerate(shape) if i != axis]
         return (spatial[0], 1) if self.one_d else tuple(spatial)
 
     def check_inputs(self, input_shapes):
@@ -222,8 +216,8 @@ class ConvTransposeWriter(LayerWriter):
     def write(self, ctx, x):
         c = self.config
         rank = 2 if self.one_d else 3
-        channel_axis = 0 if c["data_format"] == "channels_first" else rank - 1
-        if x.rank != rank or x.channel_axis != channel_axis:
+        axis = channel_axis(c["data_format"], rank)
+        if x.rank != rank or x.channel_axis != axis:
             self.refuse(f"expects a {rank}-D {c['data_format']} input, got shape {x.values.shape}")
         H, W = x.hw
         self._check_geometry(H, W)
@@ -276,55 +270,38 @@ class ConvTransposeWriter(LayerWriter):
         maps = MapSheets(ctx, self.name, filters, oh, ow, rank, title, explain)
         first_partial_block = 1 if fn == "linear" else 2
         x_chw = x.chw()
-        labelled = set()
+
+        def label(first, last):
+            return text("stage.partial", c0=first[0], c1=last[0])
+
+        def value_of(keys):
+            return sum(x_chw[ci, r, q] * kernel[a, b, o, ci] for ci, r, q, a, b in keys)
+
         places = []
         for o in range(filters):
             sheet, r0, c0 = maps.start(o)
+            own = quote_sheet(sheet.name) + "!"
+            blocks = [0, 0]     # partial-sum blocks labelled at cell (0, 0), and used by any cell
             for i in range(oh):
                 for j in range(ow):
-                    products = [(ci, f"{x.cell(ci, r, q)}*{kernel_range(o, ci, a, a, b, b)}",
-                                 x_chw[ci, r, q] * kernel[a, b, o, ci])
-                                for ci in range(cin) for r, a in taps_h[i] for q, b in taps_w[j]]
-                    b = o if bias_axis == 0 else (i if bias_axis == 1 else j)
-                    tail = f"+{bias_cell(b)}" if bias is not None else ""
-                    formula = self._sum(maps, o, i, j, products, tail, first_partial_block, labelled)
+                    terms = [((ci, r, q, a, b), f"{x.cell(ci, r, q)}*{kernel_range(o, ci, a, a, b, b)}")
+                             for ci in range(cin) for r, a in taps_h[i] for q, b in taps_w[j]]
+                    bias_at = o if bias_axis == 0 else (i if bias_axis == 1 else j)
+                    tail = f"+{bias_cell(bias_at)}" if bias is not None else ""
+                    formula = join_terms(maps, o, i, j, terms, tail, first_partial_block, label, value_of)
                     sheet.formula(r0 + i, c0 + j, formula, z[o, i, j])
+                    used = formula.count(own)      # a split sum adds partial-sum cells of its own sheet
+                    blocks = [used if (i, j) == (0, 0) else blocks[0], max(blocks[1], used)]
+            if o == 0 or not maps.one_sheet:
+                # border cells gather fewer products: blocks that cell (0, 0) did not need get their label here
+                for n in range(blocks[0], blocks[1]):
+                    row, col = maps.origin(o, first_partial_block + n)
+                    sheet.label(row - 2, col, f"partial sums {n + 1} (products of the input channels, in order; "
+                                "split to stay within Excel's 8,192-character formula limit)", ctx.book.fmt_header)
             places.append((sheet.name, r0, c0))
         maps.color_all(0, z)
         places, out = write_activation_blocks(maps, fn, places, z, text("stage.z_block"))
-        return Tensor.from_chw(self.name, out, rank, channel_axis, places)
-
-    def _sum(self, maps, o, i, j, products, tail, first_block, labelled):
-        """x*w+x*w+...+bias; past Excel's formula limit, runs of products move to partial-sum cells
-        (block first_block, first_block + 1, ... of the output maps) and the cell adds those."""
-        if not products:
-            return tail[1:] if tail else "0"
-        formula = "+".join(t for _, t, _ in products) + tail
-        if len(formula) <= FORMULA_LIMIT:
-            return formula
-        chunks, current, size = [], [], 0
-        for product in products:
-            if current and size + len(product[1]) + 1 > FORMULA_LIMIT:
-                chunks.append(current)
-                current, size = [], 0
-            current.append(product)
-            size += len(product[1]) + 1
-        chunks.append(current)
-        book = maps.ctx.book
-        refs = []
-        for n, chunk in enumerate(chunks):
-            sheet = maps.sheet(o)
-            r0, col = maps.origin(o, first_block + n)
-            key = (None if maps.one_sheet else o, n)
-            if key not in labelled:
-                labelled.add(key)
-                sheet.label(r0 - 2, col, f"partial sum {n + 1} (products from input channels {chunk[0][0]}–"
-                            f"{chunk[-1][0]}; split to stay within Excel's 8,192-character formula limit)",
-                            book.fmt_header)
-            sheet.formula(r0 + i, col + j, "+".join(t for _, t, _ in chunk), sum(v for _, _, v in chunk),
-                          book.fmt_partial)
-            refs.append(rng(sheet.name, r0 + i, col + j, r0 + i, col + j))
-        return "+".join(refs) + tail
+        return Tensor.from_chw(self.name, out, rank, axis, places)
 
 
 def _crop_text(padding, crop_h, crop_w, one_d):
