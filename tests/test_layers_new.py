@@ -10,6 +10,7 @@ reproduced is refused by name.
 from __future__ import annotations
 
 import itertools
+import shutil
 
 import numpy as np
 import pytest
@@ -139,6 +140,22 @@ def test_libreoffice_recalculation_equals_keras(built, name):
 @pytest.mark.parametrize("name", list(_cases()))
 def test_new_input_typed_into_cells_still_equals_keras(built, name):
     check_case(built[name], "lo2")
+
+
+@needs_libreoffice
+@pytest.mark.skipif(shutil.which("ssconvert") is None, reason="Gnumeric (ssconvert) is not installed")
+@pytest.mark.filterwarnings("ignore:Workbook contains no default style")
+def test_gnumeric_recalculates_the_new_layers_to_keras(built, tmp_path):
+    """A second spreadsheet engine: Gnumeric recalculates the second input's workbooks (the stats
+    sheet's AVERAGE and SUMPRODUCT((range - mean)^2), the products of the transposed convolutions)."""
+    from conftest import assert_matches_keras
+    from xlcnn.gnumeric import recalculate
+    names = ["ln_image_channels", "ln_image_axes_123", "ln_signal", "ln_rms_scaling", "convT_output_padding",
+             "convT_channels_first", "conv1d_transpose"]
+    cases = [built[n] for n in names]
+    for case, path in zip(cases, recalculate([c["edited"] for c in cases], tmp_path)):
+        values, _ = stage_values(path)
+        assert_matches_keras(values, case["model"], case["x2"])
 
 
 # -- what the formulas look like -------------------------------------------------------------------
