@@ -9,29 +9,248 @@ from __future__ import annotations
 
 import math
 import re
+import zipfile
+from contextlib import contextmanager
+from functools import lru_cache
 
 import numpy as np
 import xlsxwriter
-from xlsxwriter.utility import xl_rowcol_to_cell_fast
-from xlsxwriter.worksheet import CellFormulaTuple, CellNumberTuple, Worksheet
+import xlsxwriter.workbook
+import xlsxwriter.worksheet
+from xlsxwriter.utility import xl_col_to_name
+from xlsxwriter.worksheet import Worksheet
 
+from .errors import XlcnnError
 from .layout import FIRST_COL, FIRST_ROW, quote_sheet, style, text
+
+# -- the XlsxWriter internals xlcnn writes through, checked once --------------------------------------
+#
+# Weight sheets hold up to millions of numbers and stage sheets tens of thousands of formulas.
+# XlsxWriter's public write_number/write_formula check and prepare every cell one at a time (its
+# formula-preparation regexes and %.16G numbers, which do not round-trip every double), and its
+# writer walks every column of every row. xlcnn therefore stores cells straight into the worksheet's
+# cell table and writes number blocks and rows itself. These are the internals that takes; they are
+# checked here once, and a Book refuses to start (one line, saying what to do) when any is missing.
+# The exact XML they produce is pinned by tests/test_workbook.py.
+
+XLSXWRITER_SUPPORTED = ">=3.3,<4"     # the versions whose internals below were checked
+ZIP_LEVEL = 1    # deflate level: 3x faster than zlib's default 6 for ~14% more bytes (bench_build.py)
+
+
+def _xlsxwriter_problem():
+    """None when every internal the fast path uses is there, else what is missing."""
+    missing = []
+    ws_mod = xlsxwriter.worksheet
+    for name, fields in (("CellNumberTuple", ("number", "format")),
+                         ("CellFormulaTuple", ("formula", "format", "value"))):
+        tup = getattr(ws_mod, name, None)
+        if getattr(tup, "_fields", None) != fields:
+            missing.append(f"worksheet.{name}{fields}")
+    for name in ("_check_dimensions", "_write_cell", "_write_rows", "_calculate_spans", "_write_row",
+                 "_write_empty_row", "_xml_end_tag"):
+        if not callable(getattr(Worksheet, name, None)):
+            missing.append(f"Worksheet.{name}")
+    try:
+        ws = Worksheet()
+        for name in ("table", "row_info", "comments", "row_spans", "dim_rowmin", "dim_rowmax", "fh"):
+            if not hasattr(ws, name):
+                missing.append(f"Worksheet().{name}")
+        if not isinstance(getattr(ws, "table", None), dict):
+            missing.append("Worksheet().table as a dict of rows")
+    except Exception as exc:  # a constructor that changed its arguments
+        missing.append(f"Worksheet() ({type(exc).__name__}: {exc})")
+    if getattr(xlsxwriter.workbook, "ZipFile", None) is not zipfile.ZipFile:
+        missing.append("workbook.ZipFile")
+    return ", ".join(missing) or None
+
+
+XLSXWRITER_PROBLEM = _xlsxwriter_problem()
+_CellNumber = getattr(xlsxwriter.worksheet, "CellNumberTuple", None)
+_CellFormula = getattr(xlsxwriter.worksheet, "CellFormulaTuple", None)
+
+
+def check_xlsxwriter():
+    """Refuse, in one line, an XlsxWriter whose internals differ from the ones xlcnn writes through."""
+    if XLSXWRITER_PROBLEM:
+        version = getattr(xlsxwriter, "__version__", "of unknown version")
+        raise XlcnnError(f"xlcnn needs XlsxWriter {XLSXWRITER_SUPPORTED}, but XlsxWriter {version} is installed "
+                         f"and lacks what xlcnn writes through ({XLSXWRITER_PROBLEM}); "
+                         f"run: pip install 'XlsxWriter{XLSXWRITER_SUPPORTED}'")
+
+
+@lru_cache(maxsize=None)
+def _col_name(col):
+    return xl_col_to_name(col)
+
+
+def _escape(text):
+    """XML character data, as XlsxWriter escapes a formula (double quotes stay as they are)."""
+    if "&" in text or "<" in text or ">" in text:
+        return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text
 
 
 class FastWorksheet(Worksheet):
-    """XlsxWriter's worksheet with a short path for plain number cells when the file is saved.
+    """XlsxWriter's worksheet, with number blocks and a row writer of xlcnn's own.
 
-    Weight sheets hold up to millions of numbers; XlsxWriter's general cell writer (attribute lists,
-    escaping) costs several seconds for them. Numbers are written with repr(), which round-trips
-    every double (XlsxWriter's %.16G does not).
+    A block of constants is kept as one float64 array (8 bytes a number, not a Python object per
+    cell) and written one row at a time from a template made once per block: `<c r="B{0}" s="3">
+    <v>{1}</v></c>...`.format(row, *values). Numbers are written with repr(), which round-trips every
+    double (XlsxWriter's %.16G does not). Single cells (labels, formulas) stay in XlsxWriter's table;
+    the row writer visits only the rows and cells that exist instead of every column of every row.
+    Later writes win, as in XlsxWriter: a block replaces the cells under it, a cell written into a
+    block later replaces that block's number, and of two overlapping blocks the later one wins.
     """
 
-    def _write_cell(self, row, col, cell):
-        if type(cell) is CellNumberTuple and cell.format is not None:
-            self.fh.write(f'<c r="{xl_rowcol_to_cell_fast(row, col)}" s="{cell.format._get_xf_index()}">'
-                          f"<v>{float(cell.number)!r}</v></c>")
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._blocks = []          # (first row, first col, float64 2-D array, format)
+        self._templates = {}       # block index -> its row template
+        self._block_rows = {}      # row -> [(first col, last col, block index, row in block)]
+
+    # -- storing -----------------------------------------------------------------------------
+    def store_formula(self, row, col, formula, fmt, value):
+        """A formula without the leading '=', its format and its cached value (a float or '#NUM!')."""
+        if self._check_dimensions(row, col):
+            raise ValueError(f"cell (row {row}, col {col}) is outside the sheet")
+        self.table[row][col] = _CellFormula(formula, fmt, value)
+
+    def store_block(self, row, col, values, fmt):
+        """A 2-D float64 block of constants (finite) with its top-left cell at (row, col)."""
+        if fmt is None:
+            raise ValueError("a block of numbers needs a cell format")
+        h, w = values.shape
+        if h == 0 or w == 0:
             return
-        super()._write_cell(row, col, cell)
+        if self._check_dimensions(row, col) or self._check_dimensions(row + h - 1, col + w - 1):
+            raise ValueError(f"a {h} x {w} block at (row {row}, col {col}) does not fit on the sheet")
+        if h * w == 1:     # a single number is a single cell (and wins over any block under it)
+            self.table[row][col] = _CellNumber(float(values[0, 0]), fmt)
+            return
+        last = col + w - 1
+        k = len(self._blocks)
+        self._blocks.append((row, col, values, fmt))
+        table, block_rows = self.table, self._block_rows
+        for i in range(h):
+            cells = table.get(row + i)
+            if cells:      # earlier single cells under the block are replaced by it
+                for c in [c for c in cells if col <= c <= last]:
+                    del cells[c]
+            block_rows.setdefault(row + i, []).append((col, last, k, i))
+
+    # -- writing -----------------------------------------------------------------------------
+    def _calculate_spans(self):
+        """The <row spans="min:max"> hint, per 16 rows, as XlsxWriter computes it, counting blocks."""
+        lo, hi = {}, {}
+        rmin, rmax = self.dim_rowmin, self.dim_rowmax
+
+        def see(r, a, b):
+            if rmin <= r <= rmax:
+                k = r // 16
+                if k not in lo:
+                    lo[k], hi[k] = a, b
+                else:
+                    lo[k], hi[k] = min(lo[k], a), max(hi[k], b)
+
+        if rmin is not None:
+            for r, cells in self.table.items():
+                if cells:
+                    see(r, min(cells), max(cells))
+            for r, cols in self.comments.items():
+                if cols:
+                    see(r, min(cols), max(cols))
+            for r, segs in self._block_rows.items():
+                see(r, min(s[0] for s in segs), max(s[1] for s in segs))
+        self.row_spans = {k: f"{lo[k] + 1}:{hi[k] + 1}" for k in lo}
+
+    def _write_rows(self):
+        """XlsxWriter's row writer, visiting only the rows and cells that exist."""
+        self._calculate_spans()
+        table, block_rows, row_info, comments = self.table, self._block_rows, self.row_info, self.comments
+        rmin, rmax = self.dim_rowmin, self.dim_rowmax
+        rows = sorted(r for r in {*table, *block_rows, *row_info, *comments} if rmin <= r <= rmax)
+        for r in rows:
+            span = self.row_spans.get(r // 16)
+            cells = table.get(r)
+            segs = block_rows.get(r)
+            if cells or segs:
+                if r in row_info:
+                    self._write_row(r, span, row_info[r])
+                else:
+                    self._write_row(r, span)
+                if segs:
+                    self._write_block_row(r, cells or {}, segs)
+                else:
+                    for c in sorted(cells):
+                        self._write_cell(r, c, cells[c])
+                self._xml_end_tag("row")
+            elif r in comments or r in row_info:
+                self._write_empty_row(r, span, row_info.get(r))
+
+    def _template(self, k):
+        tpl = self._templates.get(k)
+        if tpl is None:
+            _, col, values, fmt = self._blocks[k]
+            xf = fmt._get_xf_index()
+            tpl = self._templates[k] = "".join(f'<c r="{_col_name(col + j)}{{0}}" s="{xf}"><v>{{{j + 1}}}</v></c>'
+                                               for j in range(values.shape[1]))
+        return tpl
+
+    def _write_block_row(self, r, cells, segs):
+        write = self.fh.write
+        blocks = self._blocks
+        if len(segs) == 1 and not cells:                      # the common case: one block, nothing else
+            a, _, k, i = segs[0]
+            write(self._template(k).format(r + 1, *blocks[k][2][i].tolist()))
+            return
+        segs = sorted(segs, key=lambda s: s[0])
+        clash = any(segs[n][1] >= segs[n + 1][0] for n in range(len(segs) - 1)) or \
+            any(a <= c <= b for c in cells for a, b, _, _ in segs)
+        if not clash:
+            pieces = [(a, 1, (k, i)) for a, _, k, i in segs] + [(c, 0, c) for c in cells]
+            for _, is_block, what in sorted(pieces, key=lambda p: p[0]):
+                if is_block:
+                    k, i = what
+                    write(self._template(k).format(r + 1, *blocks[k][2][i].tolist()))
+                else:
+                    self._write_cell(r, what, cells[what])
+            return
+        # overlaps: cell by cell, later blocks over earlier ones, single cells over blocks
+        merged = {}
+        for a, _, k, i in sorted(segs, key=lambda s: s[2]):
+            fmt = blocks[k][3]
+            for j, v in enumerate(blocks[k][2][i].tolist()):
+                merged[a + j] = _CellNumber(v, fmt)
+        merged.update(cells)
+        for c in sorted(merged):
+            self._write_cell(r, c, merged[c])
+
+    def _write_cell(self, row, col, cell):
+        kind = type(cell)
+        if kind is _CellNumber and cell.format is not None:
+            self.fh.write(f'<c r="{_col_name(col)}{row + 1}" s="{cell.format._get_xf_index()}">'
+                          f"<v>{float(cell.number)!r}</v></c>")
+        elif kind is _CellFormula and cell.format is not None and type(cell.value) is float:
+            self.fh.write(f'<c r="{_col_name(col)}{row + 1}" s="{cell.format._get_xf_index()}">'
+                          f"<f>{_escape(cell.formula)}</f><v>{cell.value!r}</v></c>")
+        else:
+            super()._write_cell(row, col, cell)
+
+
+@contextmanager
+def _zip_level(level):
+    """XlsxWriter has no option for the deflate level: its ZipFile gets one while the book is saved."""
+    class LeveledZipFile(zipfile.ZipFile):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("compresslevel", level)
+            super().__init__(*args, **kwargs)
+
+    module = xlsxwriter.workbook
+    module.ZipFile = LeveledZipFile
+    try:
+        yield
+    finally:
+        module.ZipFile = zipfile.ZipFile
 
 
 class Sheet:
@@ -40,53 +259,34 @@ class Sheet:
         self.ws = ws
         self.name = name
         # references to this sheet's own cells read better without the sheet name: MAX(0,B5)
-        self._own = re.compile(r"(?<![\w'])" + re.escape(quote_sheet(name)) + "!")
+        self._prefix = quote_sheet(name) + "!"
+        self._own = re.compile(r"(?<![\w'])" + re.escape(self._prefix))
 
     # -- cells -------------------------------------------------------------------------------
     def formula(self, row, col, formula, value, fmt=None):
         """A formula cell and its cached value (float64, computed by xlcnn)."""
-        formula = self._own.sub("", formula)
+        if self._prefix in formula:
+            formula = self._own.sub("", formula)
         value = float(value)
         if not math.isfinite(value):
             value = "#NUM!"
-        self.book.formulas += 1
-        if len(formula) > self.book.longest_formula:
-            self.book.longest_formula = len(formula)
-        fmt = fmt or self.book.fmt_number
-        # Fast path: our formulas use no future functions, so XlsxWriter's formula-preparation
-        # regexes (most of write_formula's cost) have nothing to do. Fall back if internals change.
-        if self.book.fast:
-            self.ws._check_dimensions(row, col)
-            self.ws.table[row][col] = CellFormulaTuple(formula, fmt, value)
-        else:
-            self.ws.write_formula(row, col, "=" + formula, fmt, value)
+        book = self.book
+        book.formulas += 1
+        if len(formula) > book.longest_formula:
+            book.longest_formula = len(formula)
+        # Straight into the cell table: our formulas use no future functions, so XlsxWriter's
+        # formula-preparation regexes (most of write_formula's cost) have nothing to do.
+        self.ws.store_formula(row, col, formula, fmt or book.fmt_number, value)
 
     def numbers(self, row, col, array, fmt=None):
-        """A 2-D block of constants."""
-        array = np.asarray(array, dtype=np.float64)
+        """A 2-D block of constants, kept as one float64 array until the file is saved."""
+        array = np.array(array, dtype=np.float64)      # a copy: the caller may change its array later
         if array.ndim == 1:
             array = array[:, None]
-        fmt = fmt or self.book.fmt_number
-        self.book.constants += array.size
         if not np.all(np.isfinite(array)):
             raise ValueError(f"non-finite constant in a block written to {self.name}")
-        if self.book.fast:
-            # Fast path: one dimension check for the block's corners, then store the cells directly
-            # (write_number's per-cell checks are most of the cost for a million weights).
-            h, w = array.shape
-            self.ws._check_dimensions(row, col)
-            self.ws._check_dimensions(row + h - 1, col + w - 1)
-            table = self.ws.table
-            for i, line in enumerate(array.tolist()):
-                cells = table[row + i]
-                for j, v in enumerate(line):
-                    cells[col + j] = CellNumberTuple(v, fmt)
-            return
-        write = self.ws.write_number
-        for i, line in enumerate(array.tolist()):
-            r = row + i
-            for j, v in enumerate(line):
-                write(r, col + j, v, fmt)
+        self.book.constants += array.size
+        self.ws.store_block(row, col, array, fmt or self.book.fmt_number)
 
     def label(self, row, col, value, fmt=None):
         self.ws.write(row, col, value, fmt or self.book.fmt_label)
@@ -124,6 +324,7 @@ class Sheet:
 
 class Book:
     def __init__(self, path):
+        check_xlsxwriter()
         self.wb = xlsxwriter.Workbook(str(path), {
             "strings_to_numbers": False, "strings_to_formulas": False, "strings_to_urls": False,
         })
@@ -131,7 +332,6 @@ class Book:
         self.formulas = 0
         self.constants = 0
         self.longest_formula = 0
-        self.fast = True  # cleared by add_sheet if XlsxWriter's internals ever change
         st = style()
         colors = st["colors"]
         add = self.wb.add_format
@@ -149,8 +349,7 @@ class Book:
         self.fmt_percent = add({"num_format": "0.00%"})
 
     def add_sheet(self, name, title="", explain="", back_link=True, map_width=None):
-        ws = self.wb.add_worksheet(name, worksheet_class=FastWorksheet if self.fast else None)
-        self.fast = self.fast and hasattr(ws, "table") and hasattr(ws, "_check_dimensions")
+        ws = self.wb.add_worksheet(name, worksheet_class=FastWorksheet)
         sheet = Sheet(self, ws, name)
         self.sheets[name] = sheet
         if back_link:
@@ -168,4 +367,5 @@ class Book:
         return sheet
 
     def close(self):
-        self.wb.close()
+        with _zip_level(ZIP_LEVEL):
+            self.wb.close()
