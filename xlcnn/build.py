@@ -23,7 +23,7 @@ from . import model as model_mod
 from .errors import XlcnnError
 from .layers import Context, writer_for
 from .layers.base import HANDLERS
-from .layout import FIRST_COL, FIRST_ROW, SheetNames, Tensor, text
+from .layout import FIRST_COL, FIRST_ROW, SheetNames, Tensor, current_language, reset_language, set_language, text
 from .workbook import Book
 
 
@@ -88,7 +88,7 @@ def default_scale(loaded):
 
 
 def build(model_path, image_path, out_path, force=False, invert="auto", scale=None, progress=None,
-          weights=None):
+          weights=None, lang="en"):
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
     # cheapest checks first: a wrong output path or a bad image is refused in a fraction of a
@@ -108,6 +108,7 @@ def build(model_path, image_path, out_path, force=False, invert="auto", scale=No
     writers = writers_for(loaded)          # every refusal happens here, before any file exists
     planned = limits.check(limits.estimate(loaded, writers))
     say(f"estimate: {planned.text()}")
+    language = set_language(lang)  # the workbook's texts (en, ja) for this build only; reset below
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     previous_term = signal.getsignal(signal.SIGTERM)
 
@@ -140,6 +141,7 @@ def build(model_path, image_path, out_path, force=False, invert="auto", scale=No
             pass
         raise
     finally:
+        reset_language(language)
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
     return BuildResult(out, time.perf_counter() - started, sheets, formulas, constants, longest,
@@ -394,6 +396,7 @@ def _write_about(book, loaded, prepared, model_path, image_path, out, layout, in
         ("preprocessing", " | ".join(prepared.steps)),
         ("output_layer", stages[-1].tensor.layer),
         ("arithmetic", "cached values computed by xlcnn in float64; Keras computes in float32"),
+        ("language", current_language()),
     ]
     for i, (k, v) in enumerate(rows):
         ws.write(FIRST_ROW + i, 0, k, book.fmt_header)

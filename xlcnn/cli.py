@@ -41,6 +41,8 @@ def _parser():
                    help="invert the image (auto: for one-channel models when the ground is light)")
     b.add_argument("--scale", default=None,
                    help="multiply pixels by this (default 1/255; 1 for models that start with Rescaling)")
+    b.add_argument("--lang", choices=["en", "ja"], default="en",
+                   help="the language of the workbook's texts (titles, explanations); the terminal stays English")
     b.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
     v = sub.add_parser("verify", help="re-evaluate every formula and compare every stage with Keras")
@@ -76,7 +78,7 @@ def _build(args):
     from .image import parse_scale
     scale = parse_scale(args.scale) if args.scale is not None else None
     result = build(args.model, args.image, args.output, force=args.force, invert=args.invert, scale=scale,
-                   progress=_progress(args.quiet), weights=args.weights)
+                   progress=_progress(args.quiet), weights=args.weights, lang=args.lang)
     if not args.quiet:
         for step in result.preprocessing:
             print(f"input: {step}")

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import re
 import tomllib
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from .errors import XlcnnError
 from .manifest import column_letters
 from .manifest import range_text as manifest_range_text
 
@@ -41,11 +44,51 @@ def _load(name):
         return tomllib.load(fh)
 
 
-def text(key, **fields):
-    """A workbook text from templates/texts.toml, e.g. text('stage.conv', step='02', ...)."""
-    node = _load("texts.toml")
+# The workbook's language: texts.toml (en) or texts.<lang>.toml, chosen once per build (set_language).
+LANGUAGES = ("en", "ja")
+_LANGUAGE = ContextVar("xlcnn_language", default="en")
+
+
+def set_language(lang):
+    """From now on text() reads the texts of `lang`; returns the token reset_language() takes back."""
+    if lang not in LANGUAGES:
+        raise XlcnnError(f"unknown language {lang!r}; choose one of {', '.join(LANGUAGES)}")
+    return _LANGUAGE.set(lang)
+
+
+def reset_language(token):
+    _LANGUAGE.reset(token)
+
+
+@contextmanager
+def language(lang):
+    """Within this block text() reads the texts of `lang`; the previous language comes back after."""
+    token = set_language(lang)
+    try:
+        yield
+    finally:
+        reset_language(token)
+
+
+def current_language():
+    return _LANGUAGE.get()
+
+
+def _lookup(name, key):
+    node = _load(name)
     for part in key.split("."):
         node = node[part]
+    return node
+
+
+def text(key, **fields):
+    """A workbook text from templates/texts.toml (or texts.ja.toml inside language('ja')), e.g.
+    text('stage.conv', step='02', ...). A key not yet translated falls back to English."""
+    lang = _LANGUAGE.get()
+    try:
+        node = _lookup("texts.toml" if lang == "en" else f"texts.{lang}.toml", key)
+    except KeyError:
+        node = _lookup("texts.toml", key)
     return node.format(**fields) if isinstance(node, str) else node
 
 
