@@ -71,6 +71,18 @@ def test_language_is_scoped_and_unknown_ones_are_refused():
         layout.set_language("fr")
 
 
+def test_untranslated_or_stale_keys_fall_back_to_english(monkeypatch):
+    # another engineer adds a key or changes a placeholder in texts.toml: a Japanese build still
+    # works (in English there) until the translation catches up, which the test above asks for
+    trees = {"texts.toml": {"a": {"new": "new {x}", "changed": "now {y}", "same": "same {z}"}},
+             "texts.ja.toml": {"a": {"changed": "前は {x}", "same": "同じ {z}"}}}
+    monkeypatch.setattr(layout, "_load", trees.__getitem__)
+    with layout.language("ja"):
+        assert layout.text("a.new", x=1) == "new 1"
+        assert layout.text("a.changed", y=2) == "now 2"
+        assert layout.text("a.same", z=3) == "同じ 3"
+
+
 def _strings(ws, rows=3):
     """The text cells of a sheet's first rows (title, explanation, block labels), in order."""
     return [v for row in ws.iter_rows(min_row=1, max_row=rows, values_only=True) for v in row
