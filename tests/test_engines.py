@@ -145,7 +145,8 @@ def test_one_cell_sums_are_products_that_equal_keras(cases):
     assert first["02 conv1x1 c0"].startswith("'01 input c0'!B5*'02 conv1x1 w'!$D$5+"), first["02 conv1x1 c0"]
     assert first["03 dw1x1 c0"].startswith("'02 conv1x1 c0'!H5*'03 dw1x1 w'!$D$5+"), first["03 dw1x1 c0"]
     assert first["04 sep1x1 dw c0"] == "'03 dw1x1 c0'!B5*'04 sep1x1 w'!$D$5", first["04 sep1x1 dw c0"]
-    assert first["06 conv_on_1x1 c0"].startswith("'05 pool c0'!B5*'06 conv_on_1x1 w'!$E$6+")
+    # a 3x3 'same' kernel on a 1x1 map reads its whole window: the map's blank border is the padding
+    assert first["06 conv_on_1x1 c0"].startswith("SUMPRODUCT('05 pool c0'!B5:D7,'06 conv_on_1x1 w'!$D$5:$F$7)+")
     assert first["09 probs"].startswith("'08 one'!$B$5*'09 probs w'!"), first["09 probs"]
     check_case(case, "book")   # cached values and xlcnn verify agree with Keras
 

@@ -140,15 +140,19 @@ def test_signal_stage_is_one_sheet_with_a_column_per_channel(built):
 
 
 def test_causal_padding_reads_only_the_past(built):
-    """Output step t of a causal convolution reads input steps t-2..t, clipped at the start."""
+    """Output step t of a causal convolution reads input steps t-2..t; before t = 0 the window
+    reaches into the two blank rows kept above the signal (the causal padding, made visible)."""
     import openpyxl
     case = built["conv1d_causal_relu"]
     _, entries = stage_values(case["book"])
     conv = next(e for e in entries if e.klass == "Conv1D" and e.channel == 0)
     ws = openpyxl.load_workbook(case["book"])[conv.sheet]
     first, fifth = ws["B5"].value, ws["B9"].value      # z of steps 0 and 4, channel 0
-    assert "'01 input'!B5" in first and "'01 input'!B6" not in first and "'01 input'!B4" not in first
-    assert "'01 input'!B7:B9" in fifth and "'01 input'!C7:C9" in fifth
+    # the input signal starts two rows down (row 7), below its two blank padding rows
+    assert "'01 input'!B5:B7" in first and "'01 input'!C5:C7" in first
+    assert "'01 input'!B9:B11" in fifth and "'01 input'!C9:C11" in fifth
+    _, entries = stage_values(case["book"])
+    assert [e.range[0] for e in entries if e.klass == "InputLayer"] == [6, 6]
 
 
 @pytest.mark.parametrize("name", ["conv1d_partial_sums", "separable1d_partial_sums", "conv2d_partial_sums"])

@@ -22,7 +22,7 @@ from . import manifest
 from . import model as model_mod
 from .errors import XlcnnError
 from .layers import Context, writer_for
-from .layers.base import HANDLERS
+from .layers.base import HANDLERS, shade_border
 from .layout import FIRST_COL, FIRST_ROW, SheetNames, Tensor, current_language, reset_language, set_language, text
 from .workbook import Book
 
@@ -170,7 +170,9 @@ def _write_stages(book, loaded, writers, prepared, layout, say):
     book.add_sheet("overview", back_link=False)  # first tab; filled in at the end
     total = len(writers) + 1
     x = prepared.tensor.astype(np.float64)
-    first = _write_input(book, names, _step(1, total), loaded, x, layout, getattr(prepared, "channel_names", None))
+    borders = required_borders(writers)
+    first = _write_input(book, names, _step(1, total), loaded, x, layout, getattr(prepared, "channel_names", None),
+                         borders.get(loaded.input_name, NO_BORDER))
     stages = [Stage(_step(1, total), None, first, first.places[0][0])]
     tensors = {loaded.input_name: first}
     downstream = _downstream_data_formats(writers)
@@ -178,7 +180,7 @@ def _write_stages(book, loaded, writers, prepared, layout, say):
         step = _step(k, total)
         say(f"{step} {writer.name} ({writer.kind})")
         inputs = [tensors[name] for name in reads]
-        ctx = Context(book, names, step, downstream.get(writer.name))
+        ctx = Context(book, names, step, downstream.get(writer.name), borders.get(writer.name, NO_BORDER))
         tensor = writer.write(ctx, inputs if writer.multi_input else inputs[0])
         tensor.layer = writer.name
         tensors[writer.name] = tensor
@@ -201,7 +203,31 @@ def _downstream_data_formats(writers):
     return found
 
 
-def _write_input(book, names, step, loaded, x, layout, channel_names=None):
+NO_BORDER = ((0, 0), (0, 0))
+
+
+def required_borders(writers):
+    """{tensor name: ((top, bottom), (left, right))}: the blank border each tensor's maps keep on
+    their sheets, the largest padding any 'same' or 'causal' layer reading it adds. A layer that
+    reuses its input's cells (pass-through, channel concatenation) passes its readers' need on."""
+    need = {}
+
+    def widen(name, border):
+        old = need.get(name, NO_BORDER)
+        need[name] = tuple(tuple(max(a, b) for a, b in zip(o, n)) for o, n in zip(old, border))
+
+    for writer, reads in writers:
+        border = writer.padding_border(writer.spec.input_shapes)
+        if border != NO_BORDER:
+            widen(reads[0], border)
+    for writer, reads in reversed(writers):
+        if writer.reuses_input_cells and writer.name in need:
+            for name in reads:
+                widen(name, need[writer.name])
+    return need
+
+
+def _write_input(book, names, step, loaded, x, layout, channel_names=None, border=NO_BORDER):
     if x.ndim == 1:
         name = names.make(f"{step} ", "input")
         sheet = book.add_sheet(name, text("stage.input", step=step, channel=0, channels=1, layout="1-D"))
@@ -210,21 +236,29 @@ def _write_input(book, names, step, loaded, x, layout, channel_names=None):
     channel_axis = 0 if layout == "channels_first" else x.ndim - 1
     t = Tensor(loaded.input_name, x, channel_axis, [])
     if x.ndim == 2:
-        return _write_signal_input(book, names, step, t, layout, channel_names)
+        return _write_signal_input(book, names, step, t, layout, channel_names, border)
     h, w = t.hw
     chw = t.chw()
+    t.border = border
+    (top, bottom), (left, right) = border
+    r0, c0 = FIRST_ROW + top, FIRST_COL + left
     for c in range(t.channels):
         name = names.make(f"{step} ", "input", f" c{c}")
         sheet = book.add_sheet(name, text("stage.input", step=step, channel=c, channels=t.channels,
-                                          layout=f"{layout}, shape {x.shape}"), map_width=w)
-        sheet.axis_labels(FIRST_ROW, FIRST_COL, h, w)
-        sheet.numbers(FIRST_ROW, FIRST_COL, chw[c])
-        sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + h - 1, FIRST_COL + w - 1, "input_scale")
-        t.places.append((name, FIRST_ROW, FIRST_COL))
+                                          layout=f"{layout}, shape {x.shape}"), map_width=w + left + right)
+        if border != NO_BORDER:
+            shade_border(sheet, r0, c0, h, w, border)
+        for j in range(w):
+            sheet.ws.write_string(FIRST_ROW - 1, c0 + j, str(j), book.fmt_axis)
+        for i in range(h):
+            sheet.ws.write_string(r0 + i, 0, str(i), book.fmt_axis)
+        sheet.numbers(r0, c0, chw[c])
+        sheet.color_scale(r0, c0, r0 + h - 1, c0 + w - 1, "input_scale")
+        t.places.append((name, r0, c0))
     return t
 
 
-def _write_signal_input(book, names, step, t, layout, channel_names=None):
+def _write_signal_input(book, names, step, t, layout, channel_names=None, border=NO_BORDER):
     """A signal (a rank-2 input): one sheet, time running down, one column per channel (as a CSV
     has it), with a line chart of the channels beside it. A 2-D image without a channel axis
     (28, 28) reads as rows and columns here too."""
@@ -235,18 +269,23 @@ def _write_signal_input(book, names, step, t, layout, channel_names=None):
     block = t.chw()[:, :, 0].T                      # (steps, channels)
     labels = [f"c{c}" + (f" {channel_names[c]}" if channel_names and c < len(channel_names) and channel_names[c]
                          else "") for c in range(t.channels)]
+    (top, bottom), _ = border
+    t.border = ((top, bottom), (0, 0))
+    r0 = FIRST_ROW + top
     for c in range(t.channels):
         sheet.ws.write_string(FIRST_ROW - 1, FIRST_COL + c, labels[c], book.fmt_axis)
-        t.places.append((name, FIRST_ROW, FIRST_COL + c))
+        t.places.append((name, r0, FIRST_COL + c))
+    if top or bottom:
+        shade_border(sheet, r0, FIRST_COL, steps, t.channels, t.border)
     for i in range(steps):
-        sheet.ws.write_string(FIRST_ROW + i, 0, str(i), book.fmt_axis)
+        sheet.ws.write_string(r0 + i, 0, str(i), book.fmt_axis)
     sheet.ws.write_string(FIRST_ROW - 1, 0, "t", book.fmt_axis)
-    sheet.numbers(FIRST_ROW, FIRST_COL, block)
-    sheet.color_scale(FIRST_ROW, FIRST_COL, FIRST_ROW + steps - 1, FIRST_COL + t.channels - 1, values=block)
+    sheet.numbers(r0, FIRST_COL, block)
+    sheet.color_scale(r0, FIRST_COL, r0 + steps - 1, FIRST_COL + t.channels - 1, values=block)
     if t.channels <= 16:          # a chart of more lines than that reads as noise
         chart = book.wb.add_chart({"type": "line"})
         for c in range(t.channels):
-            chart.add_series({"name": labels[c], "values": [name, FIRST_ROW, FIRST_COL + c, FIRST_ROW + steps - 1,
+            chart.add_series({"name": labels[c], "values": [name, r0, FIRST_COL + c, r0 + steps - 1,
                                                            FIRST_COL + c], "line": {"width": 1.25}})
         chart.set_title({"name": text("stage.input_chart")})
         chart.set_x_axis({"name": "t"})

@@ -177,6 +177,13 @@ class Tensor:
     values: np.ndarray
     channel_axis: int | None
     places: list
+    # blank cells kept around every channel's map on its sheet, ((top, bottom), (left, right)):
+    # the padding a 'same' or 'causal' layer reading this tensor adds, made visible (see base.MapSheets)
+    border: tuple = ((0, 0), (0, 0))
+
+    def has_border(self, pads):
+        """True when the blank border around the maps covers these pads ((top, bottom), (left, right))."""
+        return all(have >= need for b, p in zip(self.border, pads) for have, need in zip(b, p))
 
     @property
     def rank(self):
@@ -203,11 +210,11 @@ class Tensor:
         return out[:, :, None] if self.rank == 2 else out
 
     @staticmethod
-    def from_chw(layer, chw, rank, channel_axis, places):
+    def from_chw(layer, chw, rank, channel_axis, places, border=((0, 0), (0, 0))):
         """A tensor of Keras rank `rank` (2 or 3) from (C, h, w) values, the channel axis put back."""
         chw = np.asarray(chw)
         values = chw[:, :, 0] if rank == 2 else chw
-        return Tensor(layer, np.moveaxis(values, 0, channel_axis), channel_axis, places)
+        return Tensor(layer, np.moveaxis(values, 0, channel_axis), channel_axis, places, border)
 
     def cell(self, c, i, j):
         sheet, r0, c0 = self.places[c]

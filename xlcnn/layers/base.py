@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import Refusal
-from ..layout import FIRST_COL, FIRST_ROW, SheetNames, Tensor, rng, text
+from ..layout import FIRST_COL, FIRST_ROW, SheetNames, Tensor, rng, style, text
 from . import activations as act
 
 HANDLERS: dict[str, type] = {}
@@ -59,6 +59,9 @@ class Context:
     # the data_format of the nearest later layer that has one: where a reshaped 3-D tensor must
     # keep its channels so the next layer finds one sheet per channel on the right axis
     next_data_format: str | None = None
+    # the blank border ((top, bottom), (left, right)) the stage's output maps keep around them: the
+    # padding of the 'same' and 'causal' layers that read them (build.required_borders)
+    border: tuple = ((0, 0), (0, 0))
 
     def sheet_name(self, layer_name, suffix=""):
         return self.names.make(f"{self.step} ", layer_name, suffix)
@@ -76,13 +79,15 @@ class MapSheets:
     title(c) and explain(c) give a sheet's texts; c is None for the one sheet of a signal stage.
     """
 
-    def __init__(self, ctx, layer_name, channels, h, w, rank, title, explain=None, suffix=""):
+    def __init__(self, ctx, layer_name, channels, h, w, rank, title, explain=None, suffix="", bordered=True):
         self.ctx, self.layer_name, self.channels = ctx, layer_name, channels
         self.h, self.w, self.rank, self.suffix = h, w, rank, suffix
         self.title, self.explain = title, explain or (lambda _c: "")
         self.one_sheet = rank == 2
+        # the padding its readers add, kept blank around each map (a signal: rows before and after)
+        (top, bottom), (left, right) = ctx.border if bordered else ((0, 0), (0, 0))
+        self.border = ((top, bottom), (0, 0) if self.one_sheet else (left, right))
         self._sheets = {}
-        self._labelled = set()
 
     def sheet(self, c):
         key = None if self.one_sheet else c
@@ -103,9 +108,14 @@ class MapSheets:
 
     def origin(self, c, block=0):
         """(row, col) of the top-left cell of channel c's block `block`."""
+        (top, _), (left, right) = self.border
         if self.one_sheet:
-            return FIRST_ROW, FIRST_COL + block * (self.channels + 1) + c
-        return FIRST_ROW, FIRST_COL + block * (self.w + 1)
+            return FIRST_ROW + top, FIRST_COL + block * (self.channels + 1) + c
+        return FIRST_ROW + top, FIRST_COL + left + block * (left + self.w + right + 1)
+
+    def tensor(self, layer, chw, rank, channel_axis, places):
+        """The stage's output Tensor, which knows the blank border its maps keep."""
+        return Tensor.from_chw(layer, chw, rank, channel_axis, places, self.border)
 
     def place(self, c, block=0):
         """(sheet name, row, col) of channel c's block, as a Tensor's places hold them."""
@@ -117,14 +127,23 @@ class MapSheets:
         sheet = self.sheet(c)
         r0, c0 = self.origin(c, block)
         book = self.ctx.book
+        (top, bottom), (left, right) = self.border
         if self.one_sheet:
-            sheet.ws.write_string(r0 - 1, c0, f"c{c}", book.fmt_axis)
+            sheet.ws.write_string(FIRST_ROW - 1, c0, f"c{c}", book.fmt_axis)
             if label and c == 0:
-                sheet.label(r0 - 2, c0, label, book.fmt_header)
+                sheet.label(FIRST_ROW - 2, c0, label, book.fmt_header)
         else:
-            sheet.axis_labels(r0, c0, self.h, self.w)
+            if top or bottom or left or right:
+                shade_border(sheet, r0, c0, self.h, self.w, self.border)
+            # indices above the border and left of it, as Keras counts them (the border has none)
+            for j in range(self.w):
+                sheet.ws.write_string(FIRST_ROW - 1, c0 + j, str(j), book.fmt_axis)
+            for i in range(self.h):
+                sheet.ws.write_string(r0 + i, c0 - left - 1, str(i), book.fmt_axis)
             if label:
-                sheet.label(r0 - 2, c0, label, book.fmt_header)
+                sheet.label(FIRST_ROW - 2, c0 - left, label, book.fmt_header)
+        if self.one_sheet and (top or bottom):
+            shade_border(sheet, r0, c0, self.h, self.w, self.border)
         return sheet, r0, c0
 
     def color_all(self, block, chw):
@@ -167,6 +186,8 @@ class LayerWriter:
     options: dict = {}
     passthrough = False
     multi_input = False  # merge layers receive a list of input tensors
+    reuses_input_cells = False  # its output is its input's own cells (pass-through, channel concatenation)
+    pads_input = False          # a window layer whose 'same'/'causal' padding its input shows as a blank border
 
     def __init__(self, spec):
         self.spec = spec              # a LayerSpec (xlcnn/spec.py): plain data, never a Keras object
@@ -205,6 +226,17 @@ class LayerWriter:
 
     def check_inputs(self, input_shapes):
         """Shape-dependent refusals (a writer overrides it); the Tensor is checked again in write()."""
+
+    def padding_border(self, input_shapes):
+        """The padding ((top, bottom), (left, right)) this layer adds around each map of its input,
+        in the (h, w) frame of the maps; its input keeps that many blank cells around its maps."""
+        if not self.pads_input or not input_shapes:
+            return ((0, 0), (0, 0))
+        shape = tuple(input_shapes[0])
+        axis = channel_axis(self.config.get("data_format"), len(shape))
+        spatial = [n for i, n in enumerate(shape) if i != axis]
+        H, W = (spatial[0], 1) if len(spatial) == 1 else spatial
+        return self.window.pads(H, W)
 
     def expect_rank(self, input_shapes, rank):
         """Refuse an input of another rank than `rank` (3 for image maps, 2 for signals)."""
@@ -261,6 +293,27 @@ class LayerWriter:
 
 def ok(*_):
     return None
+
+
+def padding_format(book):
+    """The grey fill of the blank cells that show a reader's padding (made once per workbook)."""
+    fmt = getattr(book, "fmt_padding", None)
+    if fmt is None:
+        fmt = book.fmt_padding = book.wb.add_format({"bg_color": style("colors.padding_fill")})
+    return fmt
+
+
+def shade_border(sheet, r0, c0, h, w, border):
+    """Shade the blank border around an (h x w) block at (r0, c0): the cells stay empty, which is
+    exactly Keras's padding for every reader (SUMPRODUCT reads an empty cell as 0, the zeros of a
+    convolution; MAX and AVERAGE skip it, the -infinity of max pooling and the real-cells-only
+    divisor of average pooling)."""
+    (top, bottom), (left, right) = border
+    fmt = padding_format(sheet.book)
+    for i in range(-top, h + bottom):
+        for j in range(-left, w + right):
+            if not (0 <= i < h and 0 <= j < w):
+                sheet.ws.write_blank(r0 + i, c0 + j, None, fmt)
 
 
 def channel_axis(data_format, rank):
@@ -368,7 +421,7 @@ def write_cellwise_stage(ctx, writer, like, values, formula_of, title, explain="
                 sheet.formula(r0 + i, c0 + j, formula_of(tuple(index)), out[c, i, j])
         places.append((sheet.name, r0, c0))
     maps.color_all(0, out)
-    return Tensor(writer.name, values, like.channel_axis, places)
+    return Tensor(writer.name, values, like.channel_axis, places, maps.border)
 
 
 FORMULA_LIMIT = 8000  # Excel's limit is 8,192 characters; keep a margin for the bias term
@@ -401,7 +454,7 @@ def join_terms(maps, o, i, j, terms, tail, first_block, label, value_of):
     for n, chunk in enumerate(chunks):
         r0, col = maps.origin(o, first_block + n)
         if i == 0 and j == 0 and (o == 0 or not maps.one_sheet):
-            sheet.label(r0 - 2, col, label(chunk[0][0], chunk[-1][0]), book.fmt_header)
+            sheet.label(FIRST_ROW - 2, col, label(chunk[0][0], chunk[-1][0]), book.fmt_header)
         sheet.formula(r0 + i, col + j, "+".join(t for _, t in chunk), value_of([key for key, _ in chunk]),
                       book.fmt_partial)
         refs.append(rng(sheet.name, r0 + i, col + j, r0 + i, col + j))
@@ -429,7 +482,7 @@ def write_activation_blocks(maps, fn, places, z, block_label, block=1):
     for o, (name, r0, c0) in enumerate(places):
         oh, ow = z[o].shape
         if o == 0 or not maps.one_sheet:
-            maps.sheet(o).label(r0 - 2, c0, block_label, maps.ctx.book.fmt_header)
+            maps.sheet(o).label(FIRST_ROW - 2, c0 - maps.border[1][0], block_label, maps.ctx.book.fmt_header)
         sheet, a_r, a0 = maps.start(o, block, text("stage.out_block", fn=fn))
         write_elementwise_block(sheet, a_r, a0, block_refs(name, r0, c0, oh, ow), z[o], fn)
         out_places.append((name, a_r, a0))
@@ -608,11 +661,24 @@ class Window:
             size, strides, dilation = (size[0], 1), (strides[0], 1), (dilation[0], 1)
         return cls(size, strides, dilation, config["padding"], one_d)
 
-    def apply(self, H, W):
-        """((oh, taps_h, pads_h), (ow, taps_w, pads_w)) for an H x W input map."""
+    def apply(self, H, W, clip=True):
+        """((oh, taps_h, pads_h), (ow, taps_w, pads_w)) for an H x W input map; clip=False gives
+        the full windows, reaching into the padding (see window_geometry)."""
         (kh, kw), (sh, sw), (dh, dw) = self.size, self.strides, self.dilation
-        return (window_geometry(H, kh, sh, dh, self.padding),
-                window_geometry(W, kw, sw, dw, "valid" if self.one_d else self.padding))
+        return (window_geometry(H, kh, sh, dh, self.padding, clip),
+                window_geometry(W, kw, sw, dw, "valid" if self.one_d else self.padding, clip))
+
+    def pads(self, H, W):
+        """The padding ((top, bottom), (left, right)) Keras adds around an H x W input."""
+        (_, _, pads_h), (_, _, pads_w) = self.apply(H, W)
+        return pads_h, pads_w
+
+    def taps_for(self, x):
+        """The windows over Tensor x: full ones when x keeps a blank border as wide as the padding
+        (the padding is then visible on its sheet), clipped at the edges otherwise."""
+        H, W = x.hw
+        pads = self.pads(H, W)
+        return self.apply(H, W, clip=not x.has_border(pads))
 
     def text(self, what, show_dilation=True):
         """'kernel 3×3 · stride 2×2 · dilation 1×1', or 'kernel 5 · stride 1 · dilation 2' in 1-D."""
@@ -634,8 +700,10 @@ def which_text(one_d, channel, channels, output=True):
     return text("stage.which_channel" if output else "stage.which_channel_in", channel=channel, channels=channels)
 
 
-def window_geometry(n, k, s, d, padding):
-    """Output length and, for each output index, the input taps (index, kernel tap) inside 0..n-1."""
+def window_geometry(n, k, s, d, padding, clip=True):
+    """Output length, for each output index the input taps (index, kernel tap), and the pads
+    (before, after). With clip the taps lie inside 0..n-1; without, the full window is given, its
+    taps in the padding outside 0..n-1 (where a map keeps a blank border, see MapSheets)."""
     if padding == "same":
         out = -(-n // s)
         before = same_padding(n, k, s, d)[0]
@@ -651,6 +719,6 @@ def window_geometry(n, k, s, d, padding):
     taps = []
     for o in range(max(out, 0)):
         start = o * s - before
-        taps.append([(start + a * d, a) for a in range(k) if 0 <= start + a * d < n])
+        taps.append([(start + a * d, a) for a in range(k) if not clip or 0 <= start + a * d < n])
     return out, taps, pads
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
+from ..layout import FIRST_COL, FIRST_ROW, rng, text
 from . import activations as act
 from .base import FORMULA_LIMIT  # noqa: F401  (conv_transpose imports it from here)
 from .base import (HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width, channel_axis,
@@ -111,6 +111,7 @@ def conv_term(x, ci, o, taps_i, taps_j, kernel_range, dh, dw, k=None):
 class ConvWriter(LayerWriter):
     """Conv1D and Conv2D: one rank-generic writer, as in Keras's base_conv.py. A 1-D layer works on
     its maps as (steps x 1) columns with a (k x 1) kernel (see base.Window)."""
+    pads_input = True
     one_d = False
     options = {
         "filters": ok, "kernel_size": positive_ints, "strides": positive_ints,
@@ -169,7 +170,7 @@ class ConvWriter(LayerWriter):
         geo = self.window
         (dh, dw) = geo.dilation
         H, W = x.hw
-        (oh, taps_h, pads_h), (ow, taps_w, pads_w) = geo.apply(H, W)
+        (oh, taps_h, pads_h), (ow, taps_w, pads_w) = geo.taps_for(x)
         if oh < 1 or ow < 1:
             self.refuse(f"the kernel does not fit the {H}×{W} input" if not self.one_d else
                         f"the kernel does not fit the {H}-step input")
@@ -220,7 +221,8 @@ class ConvWriter(LayerWriter):
 
                     def part(keys, o=o, i=i, j=j, first_in=first_in):
                         return sum(x_chw[first_in + k, r, q] * kernel[a, bb, k, o]
-                                   for k in keys for r, a in taps_h[i] for q, bb in taps_w[j])
+                                   for k in keys for r, a in taps_h[i] for q, bb in taps_w[j]
+                                   if 0 <= r < H and 0 <= q < W)      # the padding adds nothing
 
                     formula = join_terms(maps, o, i, j, terms, tail, first_partial_block,
                                          lambda k0, k1, f=first_in: text("stage.partial", c0=f + k0, c1=f + k1), part)
@@ -228,7 +230,7 @@ class ConvWriter(LayerWriter):
             places.append((sheet.name, r0, c0))
         maps.color_all(0, z)
         places, out = write_activation_blocks(maps, fn, places, z, text("stage.z_block"))
-        return Tensor.from_chw(self.name, out, rank, axis, places)
+        return maps.tensor(self.name, out, rank, axis, places)
 
 
 @handles("Conv2D")

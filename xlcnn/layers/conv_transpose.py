@@ -301,7 +301,7 @@ class ConvTransposeWriter(LayerWriter):
             places.append((sheet.name, r0, c0))
         maps.color_all(0, z)
         places, out = write_activation_blocks(maps, fn, places, z, text("stage.z_block"))
-        return Tensor.from_chw(self.name, out, rank, axis, places)
+        return maps.tensor(self.name, out, rank, axis, places)
 
 
 def _crop_text(padding, crop_h, crop_w, one_d):

@@ -136,6 +136,7 @@ class DenseWriter(LayerWriter):
 class PassThroughWriter(LayerWriter):
     """Identity at inference: no sheet of its own; the manifest points at its input's cells."""
     passthrough = True
+    reuses_input_cells = True
     options = {"rate": ok, "noise_shape": ok, "stddev": ok, "l1": ok, "l2": ok,
                "data_format": one_of("channels_last", "channels_first")}
 
@@ -143,4 +144,4 @@ class PassThroughWriter(LayerWriter):
         return text("passthrough.identity")
 
     def write(self, ctx, x):
-        return Tensor(self.name, x.values, x.channel_axis, x.places)
+        return Tensor(self.name, x.values, x.channel_axis, x.places, x.border)

@@ -44,6 +44,7 @@ COMMON_OPTIONS = {
 
 class _DepthwiseBase(LayerWriter):
     """The depthwise step, shared by the four layers; a 1-D layer's maps are (steps x 1) columns."""
+    pads_input = True
     one_d = False
 
     @property
@@ -98,7 +99,7 @@ class _DepthwiseBase(LayerWriter):
                         "use a Dense layer or an Activation after Flatten")
         geo = self.window
         H, W = x.hw
-        (oh, taps_h, pads_h), (ow, taps_w, pads_w) = geo.apply(H, W)
+        (oh, taps_h, pads_h), (ow, taps_w, pads_w) = geo.taps_for(x)
         if oh < 1 or ow < 1:
             self.refuse(f"the kernel does not fit the {H}×{W} input")
         return Geometry(axis, fn, geo, (oh, ow), (taps_h, taps_w), (pads_h, pads_w))
@@ -139,7 +140,7 @@ class _DepthwiseBase(LayerWriter):
                                geo.window.dilation, geo.pads)[0]
         z = add_bias(z, bias, bias_axis)
         maps = MapSheets(ctx, self.name, cin * dm, oh, ow, self.rank, title_of,
-                         lambda o: explain_of(o, wsheet), suffix)
+                         lambda o: explain_of(o, wsheet), suffix, bordered=not suffix)  # helper maps: none
         places = []
         for o in range(cin * dm):
             c = o // dm
@@ -208,7 +209,7 @@ class DepthwiseConv2DWriter(_DepthwiseBase):
 
         z, places, maps = self.write_depthwise_maps(ctx, x, kernel, bias, geo, title_of, explain_of, "", bias_axis)
         places, out = write_activation_blocks(maps, geo.fn, places, z, text("stage.z_block"))
-        return Tensor.from_chw(self.name, out, self.rank, geo.channel_axis, places)
+        return maps.tensor(self.name, out, self.rank, geo.channel_axis, places)
 
 
 @handles("DepthwiseConv1D")
@@ -281,7 +282,7 @@ class SeparableConv2DWriter(_DepthwiseBase):
             places.append((sheet.name, r0, c0))
         maps.color_all(0, z)
         places, out = write_activation_blocks(maps, geo.fn, places, z, text("stage.z_block"))
-        return Tensor.from_chw(self.name, out, self.rank, geo.channel_axis, places)
+        return maps.tensor(self.name, out, self.rank, geo.channel_axis, places)
 
     def write_pointwise_weights(self, ctx, pw, bias):
         """Like Dense's weights: row 'bias', then row m = the weights from depthwise map m; column f."""

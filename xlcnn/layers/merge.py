@@ -62,6 +62,7 @@ class ElementwiseMergeWriter(LayerWriter):
 @handles("Concatenate")
 class ConcatenateWriter(LayerWriter):
     multi_input = True
+    reuses_input_cells = True   # along the channels its channels are the inputs' own maps
     options = {"axis": ok}
 
     def describe(self):
@@ -80,7 +81,8 @@ class ConcatenateWriter(LayerWriter):
         if rank > 1 and axis == first.channel_axis:
             # nothing to compute: the joined channels are the inputs' own channel maps
             places = [p for t in inputs for p in t.places]
-            return Tensor(self.name, out, first.channel_axis, places)
+            border = tuple(tuple(min(t.border[a][b] for t in inputs) for b in range(2)) for a in range(2))
+            return Tensor(self.name, out, first.channel_axis, places, border)
         refs = np.concatenate([t.ref_array() for t in inputs], axis=axis)
         book = ctx.book
         if rank == 1:
@@ -104,4 +106,4 @@ class ConcatenateWriter(LayerWriter):
                     sheet.formula(r0 + i, c0 + j, refs_chw[ch, i, j], out_chw[ch, i, j])
             places.append((sheet.name, r0, c0))
         maps.color_all(0, out_chw)
-        return Tensor(self.name, out, first.channel_axis, places)
+        return Tensor(self.name, out, first.channel_axis, places, maps.border)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layout import Tensor, text
+from ..layout import text
 from .base import LayerWriter, MapSheets, Window, channel_axis, handles, one_of, positive_ints_or_none, which_text
 
 
@@ -27,6 +27,7 @@ def pool_values(x_chw, taps_h, taps_w, reduce):
 @handles("MaxPooling2D", "AveragePooling2D")
 class Pooling2DWriter(LayerWriter):
     """One writer for max and average pooling in 1-D and 2-D, as Keras's base_pooling.py."""
+    pads_input = True
     one_d = False
     options = {
         "pool_size": positive_ints_or_none, "strides": positive_ints_or_none,
@@ -62,6 +63,9 @@ class Pooling2DWriter(LayerWriter):
             self.refuse(f"the pool window does not fit the {H}×{W} input")
         fn = "MAX" if self.is_max else "AVERAGE"
         out = pool_values(x.chw(), taps_h, taps_w, np.max if self.is_max else np.mean)
+        # the formulas read whole windows where the input keeps its padding visible as blank cells,
+        # which MAX and AVERAGE skip: Keras's -infinity padding and real-cells-only divisor
+        (_, taps_h, _), (_, taps_w, _) = geo.taps_for(x)
         key = "pool_max" if self.is_max else "pool_avg"
         ptext = geo.padding_text("pool", (pads_h, pads_w))
 
@@ -80,7 +84,7 @@ class Pooling2DWriter(LayerWriter):
                     sheet.formula(r0 + i, c0 + j, f"{fn}({window})", out[ch, i, j])
             places.append((sheet.name, r0, c0))
         maps.color_all(0, out)
-        return Tensor.from_chw(self.name, out, rank, axis, places)
+        return maps.tensor(self.name, out, rank, axis, places)
 
 
 @handles("MaxPooling1D", "AveragePooling1D")

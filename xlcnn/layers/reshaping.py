@@ -58,7 +58,7 @@ def write_copy_maps(ctx, writer, x_out_chw, source, axis, title_of, explain, ran
                 sheet.formula(r0 + i, c0 + j, source(c, i, j) or "0", x_out_chw[c, i, j])
         places.append((sheet.name, r0, c0))
     maps.color_all(0, x_out_chw)
-    return Tensor.from_chw(writer.name, x_out_chw, rank, axis, places)
+    return maps.tensor(writer.name, x_out_chw, rank, axis, places)
 
 
 @handles("ZeroPadding2D")
