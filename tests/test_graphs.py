@@ -77,9 +77,10 @@ def test_overview_shows_which_stage_reads_which(built):
     import openpyxl
     ws = openpyxl.load_workbook(built["residual"]["book"], read_only=True)["overview"]
     rows = {r[1]: r for r in ws.iter_rows(values_only=True) if r and r[1]}
-    assert rows["add"][6] == "02 branch_a, 03 shortcut"
-    assert rows["sub"][6] == "04 add, 02 branch_a"
-    assert rows["branch_a"][6] == "01 pixels"
+    reads = rows["layer"].index("reads")          # the summary's header row names its columns
+    assert rows["add"][reads] == "02 branch_a, 03 shortcut"
+    assert rows["sub"][reads] == "04 add, 02 branch_a"
+    assert rows["branch_a"][reads] == "01 pixels"
 
 
 def test_channel_concatenation_points_at_its_inputs_sheets(built):

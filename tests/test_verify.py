@@ -275,7 +275,7 @@ def test_junit_fails_exactly_the_broken_stage_naming_its_worst_cell(books, tmp_p
                      failure["message"]), failure["message"]
     assert "layer predictions (Dense), shape (10,)" in text
     stale = failed["cached values agree with the formulas"]
-    assert stale[2]["type"] == "StaleCachedValue" and stale[2]["message"].startswith("3 formula cells")
+    assert stale[2]["type"] == "StaleCachedValue" and stale[2]["message"].startswith("5 formula cells")
     assert "'09 predictions'!D12: cached 0.99999" in stale[3]
 
 
@@ -291,7 +291,7 @@ def test_github_annotations_for_a_broken_workbook(books, tmp_path, capsys, monke
         ("error", "xlcnn verify: first failing stage predictions (Dense)"),
         ("error", "xlcnn verify: cached values agree with the formulas")]
     assert found[0][2].startswith(f"{bad.name}: stage predictions differs from Keras; '09 predictions'!D12: workbook ")
-    assert found[1][2].startswith(f"{bad.name}: 3 formula cells show a stale cached value")
+    assert found[1][2].startswith(f"{bad.name}: 5 formula cells show a stale cached value")
 
 
 @pytest.mark.parametrize("tamper, kind, needle", [

@@ -5,7 +5,6 @@ finished file into place atomically.
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import time
@@ -21,9 +20,12 @@ from . import limits
 from . import manifest
 from . import model as model_mod
 from .errors import XlcnnError
+from .gallery import write_gallery
 from .layers import Context, writer_for
 from .layers.base import HANDLERS, shade_border
 from .layout import FIRST_COL, FIRST_ROW, SheetNames, Tensor, current_language, reset_language, set_language, text
+from .navigation import write_navigation
+from .overview import write_overview
 from .workbook import Book
 
 
@@ -34,6 +36,7 @@ class Stage:
     tensor: Tensor
     first_sheet: str
     reads: list = field(default_factory=list)   # the stages this one reads
+    sheets: list = field(default_factory=list)  # the sheets this stage added (none for a pass-through)
 
 
 @dataclass
@@ -125,10 +128,13 @@ def build(model_path, image_path, out_path, force=False, invert="auto", scale=No
         stages = _write_stages(book, loaded, writers, prepared, layout, say)
         say("writing the overview")
         is_probability = output_is_probability(stages[-1].writer)
-        predicted, probability = _write_overview(book, loaded, stages, prepared, Path(image_path), out,
+        predicted, probability = write_overview(book, loaded, stages, prepared, Path(image_path), out,
                                                  is_probability)
+        say("writing the gallery")
+        write_gallery(book, stages)
         _write_manifest(book, loaded, stages)
         _write_about(book, loaded, prepared, Path(model_path), Path(image_path), out, layout, invert, stages)
+        write_navigation(book, stages)
         sheets = len(book.wb.worksheets())
         formulas, constants, longest = book.formulas, book.constants, book.longest_formula
         say("saving")
@@ -167,13 +173,15 @@ def _write_stages(book, loaded, writers, prepared, layout, say):
     names.make("", "overview")
     names.make("", "manifest")
     names.make("", "about")
+    names.make("", "gallery")
     book.add_sheet("overview", back_link=False)  # first tab; filled in at the end
+    book.add_sheet("gallery", text("gallery.title"), text("gallery.explain"))   # second tab; filled in at the end
     total = len(writers) + 1
     x = prepared.tensor.astype(np.float64)
     borders = required_borders(writers)
     first = _write_input(book, names, _step(1, total), loaded, x, layout, getattr(prepared, "channel_names", None),
                          borders.get(loaded.input_name, NO_BORDER))
-    stages = [Stage(_step(1, total), None, first, first.places[0][0])]
+    stages = [Stage(_step(1, total), None, first, first.places[0][0], sheets=list(book.sheets)[2:])]
     tensors = {loaded.input_name: first}
     downstream = _downstream_data_formats(writers)
     for k, (writer, reads) in enumerate(writers, start=2):
@@ -181,10 +189,11 @@ def _write_stages(book, loaded, writers, prepared, layout, say):
         say(f"{step} {writer.name} ({writer.kind})")
         inputs = [tensors[name] for name in reads]
         ctx = Context(book, names, step, downstream.get(writer.name), borders.get(writer.name, NO_BORDER))
+        before = len(book.sheets)
         tensor = writer.write(ctx, inputs if writer.multi_input else inputs[0])
         tensor.layer = writer.name
         tensors[writer.name] = tensor
-        stages.append(Stage(step, writer, tensor, tensor.places[0][0], list(reads)))
+        stages.append(Stage(step, writer, tensor, tensor.places[0][0], list(reads), list(book.sheets)[before:]))
     return stages
 
 
@@ -296,101 +305,6 @@ def _write_signal_input(book, names, step, t, layout, channel_names=None, border
 
 def _shape_text(shape):
     return "(" + ", ".join(str(s) for s in shape) + ")"
-
-
-def _write_overview(book, loaded, stages, prepared, image_path, out, is_probability):
-    """Prediction and class probabilities at the top left, the input picture and the bar chart
-    beside them, then the model summary (with links) and how the input was preprocessed."""
-    sheet = book.sheets["overview"]
-    ws = sheet.ws
-    ws.write(0, 0, text("overview.title", model=loaded.path.name, image=image_path.name), book.fmt_title)
-    ws.write(1, 0, text("overview.subtitle"), book.fmt_explain)
-    ws.freeze_panes(0, 0)
-    ws.set_landscape()
-    ws.fit_to_pages(1, 0)
-    final = stages[-1].tensor
-    predicted = probability = None
-    n = 0
-    if final.rank == 1:
-        col = final.column(absolute=True)
-        n = len(final.values)
-        predicted = int(np.argmax(final.values))
-        probability = float(np.max(final.values))
-        ws.write(3, 1, text("overview.prediction"), book.fmt_header)
-        sheet.formula(3, 2, f"MATCH(MAX({col}),{col},0)-1", predicted, book.fmt_big)
-        # probabilities as percentages; raw scores (no softmax/sigmoid at the end) as numbers
-        fmt = book.fmt_percent if is_probability else book.fmt_number
-        chart_title = text("overview.chart_title" if is_probability else "overview.chart_title_score")
-        ws.write(4, 1, text("overview.confidence" if is_probability else "overview.confidence_score"),
-                 book.fmt_header)
-        sheet.formula(4, 2, f"MAX({col})", probability, fmt)
-        top = 7
-        ws.write(top - 1, 1, text("overview.class_header"), book.fmt_header)
-        ws.write(top - 1, 2, text("overview.prob_header" if is_probability else "overview.score_header"),
-                 book.fmt_header)
-        for i, v in enumerate(final.values):
-            ws.write_number(top + i, 1, i)
-            sheet.formula(top + i, 2, final.cell1(i), v, fmt)
-        chart = book.wb.add_chart({"type": "bar"})
-        chart.add_series({
-            "name": chart_title,
-            "categories": ["overview", top, 1, top + n - 1, 1],
-            "values": ["overview", top, 2, top + n - 1, 2],
-            "data_labels": {"value": True, "num_format": "0.0%" if is_probability else "0.000"},
-            "fill": {"color": "#5B9BD5"},
-            "gap": 40,
-        })
-        chart.set_title({"name": chart_title})
-        chart.set_legend({"none": True})
-        chart.set_y_axis({"reverse": True})
-        chart.set_x_axis({"num_format": "0%", "min": 0, "max": 1} if is_probability else {"num_format": "0.0"})
-        chart.set_size({"width": 480, "height": max(200, 60 + 22 * min(n, 20))})
-        ws.insert_chart(3, 6, chart)
-    ws.write(3, 4, text("overview.input_heading"), book.fmt_header)
-    if prepared.preview is not None:
-        ws.insert_image(4, 4, "input.png", {"image_data": _preview_png(prepared.preview), "object_position": 3})
-    # model summary
-    row = max(7 + n, 14) + 2
-    ws.write(row, 0, text("overview.summary"), book.fmt_title)
-    row += 1
-    for j, head in enumerate(text("overview.summary_headers")):
-        ws.write(row, j, head, book.fmt_header)
-    steps = {stage.tensor.layer: stage.step for stage in stages}
-    for stage in stages:
-        row += 1
-        w = stage.writer
-        ws.write(row, 0, stage.step)
-        ws.write(row, 1, stage.tensor.layer)
-        ws.write(row, 2, w.kind if w else "InputLayer")
-        ws.write(row, 3, _shape_text(stage.tensor.values.shape))
-        ws.write_number(row, 4, w.params() if w else 0)
-        sheet.link(row, 5, stage.first_sheet, stage.first_sheet)
-        ws.write(row, 6, ", ".join(f"{steps[name]} {name}" for name in stage.reads))
-        ws.write(row, 7, w.describe() if w else "the input image, as numbers")
-    row += 1
-    ws.write(row, 3, "total", book.fmt_header)
-    ws.write_number(row, 4, sum(s.writer.params() for s in stages if s.writer), book.fmt_header)
-    for j, width in enumerate([6, 18, 16, 19, 11, 24, 30, 62]):
-        ws.set_column(j, j, width)
-    row += 2
-    ws.write(row, 0, text("overview.preprocessing"), book.fmt_title)
-    for i, step in enumerate(prepared.steps):
-        ws.write(row + 1 + i, 1, f"{i + 1}. {step}")
-    row += len(prepared.steps) + 2
-    ws.write(row, 0, text("overview.verify_hint", workbook=out.name), book.fmt_explain)
-    return predicted, probability
-
-
-def _preview_png(preview, size=140):
-    from PIL import Image
-    arr = np.clip(np.asarray(preview) * 255.0, 0, 255).astype(np.uint8)
-    img = Image.fromarray(arr)
-    scale = max(1, size // max(arr.shape[:2]))
-    img = img.resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.Resampling.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    buf.seek(0)
-    return buf
 
 
 def _write_manifest(book, loaded, stages):

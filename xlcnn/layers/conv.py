@@ -186,7 +186,10 @@ class ConvWriter(LayerWriter):
                         "use a Dense layer or an Activation after Flatten")
 
         wsheet, kernel_range, bias_cell = write_conv_weights(
-            ctx, self.name, kernel, bias, groups, self.kind, kernel_text=f"{kh}" if self.one_d else None)
+            ctx, self.name, kernel, bias, groups, self.kind,
+            kernel_text=text("weights.kernel_shape", kernel=f"{kh}" if self.one_d else f"{kh}×{kw}",
+                             shape=tuple(self.weights()[0].shape),
+                             axes=text("weights.kernel_axes_1d" if self.one_d else "weights.kernel_axes_2d")))
         ptext = geo.padding_text("conv", pads)
 
         def title(o):

@@ -60,16 +60,30 @@ class FlattenWriter(LayerWriter):
         return (refs.reshape(-1), vals.reshape(-1),
                 (origin.reshape(-1, origin.shape[-1]) if origin is not None else None))
 
+    def order_text(self, x):
+        """One sentence: which index varies fastest in the flat order, and why (the tensor's layout
+        and Flatten's own data_format)."""
+        names = text("stage.flatten_axis_names")
+        axes = (["row", "col", "ch"] if x.rank == 3 else ["t", "ch"]) if x.channel_axis == x.rank - 1 else \
+            (["ch", "row", "col"] if x.rank == 3 else ["ch", "t"])
+        shape = list(x.values.shape)
+        moved = ""
+        if self.config["data_format"] == "channels_first":
+            axes, shape = axes[1:] + axes[:1], shape[1:] + shape[:1]
+            moved = text("stage.flatten_moved", shape="(" + ", ".join(map(str, shape)) + ")")
+        fast = [names[a] for a in reversed(axes)]
+        sequence = (text("stage.flatten_sequence_3", a=fast[0], b=fast[1], c=fast[2]) if len(fast) == 3 else
+                    text("stage.flatten_sequence_2", a=fast[0], b=fast[1]))
+        layout = "channels_last" if x.channel_axis == x.rank - 1 else "channels_first"
+        return text("stage.flatten_order", sequence=sequence, layout=layout, moved=moved,
+                    shape="(" + ", ".join(map(str, x.values.shape)) + ")")
+
     def write(self, ctx, x):
         refs, values, origin = self.order(x)
         name = ctx.sheet_name(self.name)
         book = ctx.book
         fmt = self.config["data_format"]
-        if x.rank == 3:
-            order = ("channels vary fastest (h, w, c order)" if (fmt == "channels_last") == (x.channel_axis == 2)
-                     else "columns vary fastest, channel slowest (c, h, w order)")
-        else:
-            order = ""
+        order = self.order_text(x) if x.rank > 1 else ""
         sheet = book.add_sheet(name, text("stage.flatten", step=ctx.step, name=self.name, n=len(values),
                                           data_format=fmt),
                                text("stage.flatten_explain", order=order))
