@@ -210,7 +210,7 @@ EDGE = np.array([-3.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.4, 0.5, 0.75, 1.0, 1.1, 1
 def test_relu_twin_equals_keras_at_edges(options):
     """Keras 3's ReLU layer is piecewise with a jump at the threshold; the twin must agree at the kinks."""
     from xlcnn.layers import writer_for
-    from xlcnn.layers.normalization import relu_values
+    from xlcnn.layers.activations import relu_values
     want = np.asarray(keras().layers.ReLU(**options)(EDGE[None]))[0]
     from xlcnn.model import spec_of
     writer = writer_for(spec_of(keras().layers.ReLU(**options)))
@@ -219,7 +219,7 @@ def test_relu_twin_equals_keras_at_edges(options):
 
 
 def test_mish_and_log_softmax_twins_equal_keras():
-    from xlcnn.layers import activations as act
+    from xlcnn.layers import functions as act
     x = np.concatenate([EDGE, np.float32([-40.0, 30.0, 88.0])])
     np.testing.assert_allclose(act.ELEMENTWISE["mish"][1](x.astype(np.float64)),
                                np.asarray(keras().activations.mish(x)), rtol=1e-6, atol=1e-7)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, rng, text
-from . import activations as act
+from . import functions as act
 from .base import FORMULA_LIMIT  # noqa: F401  (conv_transpose imports it from here)
 from .base import (HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width, channel_axis,
                    handles, join_terms, must_be_none, ok, one_of, positive_ints, sumproduct, which_text,

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layout import FIRST_COL, Tensor, quote_sheet, text
-from . import activations as act
+from ..layout import FIRST_COL, quote_sheet, text
+from . import functions as act
 from .base import (FORMULA_LIMIT, HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width,
                    channel_axis, handles, join_terms, ok, one_of, pair, positive_ints, which_text,
                    write_activation_blocks)

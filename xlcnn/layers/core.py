@@ -3,44 +3,9 @@
 from __future__ import annotations
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
-from . import activations as act
+from . import functions as act
 from .base import (LayerWriter, activation_option, handles, ok, one_of, sumproduct, write_1d_activation,
-                   write_cellwise_stage, write_softmax_maps, write_weight_matrix)
-
-
-@handles("Activation")
-class ActivationWriter(LayerWriter):
-    options = {"activation": activation_option}
-
-    def describe(self):
-        return act.activation_name(self.config["activation"])
-
-    def write(self, ctx, x):
-        fn = act.activation_name(self.config["activation"])
-        book = ctx.book
-        if x.rank == 1:
-            name = ctx.sheet_name(self.name)
-            sheet = book.add_sheet(name, text("stage.activation_1d", step=ctx.step, name=self.name,
-                                              kind=self.kind, fn=fn))
-            src, r0, c0 = x.places[0]
-            values, col = write_1d_activation(sheet, FIRST_COL, r0, x.values, fn, c0, src)
-            sheet.axis_labels(FIRST_ROW, FIRST_COL, len(values), 0)
-            return Tensor(self.name, values, None, [(name, FIRST_ROW, col)])
-        if x.rank not in (2, 3):
-            self.refuse(f"inputs of rank {x.rank} are not supported")
-        if fn == "softmax" and x.rank == 3:
-            return write_softmax_maps(ctx, self, x)
-        if fn in act.NOT_ELEMENTWISE:
-            self.refuse(f"{fn} over a {x.rank - 1}-D feature map is not supported yet; apply it after Flatten "
-                        "or Dense")
-        formula, fn_values = act.ELEMENTWISE[fn]
-
-        def title(channel):
-            if channel is None:
-                return text("stage.activation_1d", step=ctx.step, name=self.name, kind=self.kind, fn=fn)
-            return text("stage.activation", step=ctx.step, name=self.name, kind=self.kind, fn=fn,
-                        channel=channel, channels=x.channels)
-        return write_cellwise_stage(ctx, self, x, fn_values(x.values), lambda index: formula(x.cell_at(index)), title)
+                   write_weight_matrix)
 
 
 @handles("Flatten")

@@ -18,7 +18,7 @@ import numpy as np
 from dataclasses import dataclass
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
-from . import activations as act
+from . import functions as act
 from .base import (HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width, channel_axis,
                    handles, join_terms, must_be_none, ok, one_of, positive_ints, which_text,
                    write_activation_blocks, write_weight_matrix)

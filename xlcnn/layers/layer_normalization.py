@@ -27,7 +27,7 @@ import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, a1, rng
 from .base import HEADER_ROWS, LayerWriter, handles, ok, write_cellwise_stage
-from .normalization import ParamSheet
+from .elementwise import ParamSheet
 
 EXCEL_MAX_ARGS = 255
 EXCEL_MAX_FORMULA = 8192

@@ -1,15 +1,19 @@
-"""MaxPooling2D, AveragePooling2D and their 1-D twins: MAX or AVERAGE of each window, with Keras's 'same' semantics.
+"""Pooling: MaxPooling and AveragePooling (1-D and 2-D), MAX or AVERAGE of each window with Keras's
+'same' semantics, and the global poolings that reduce a whole map (1-D and 2-D).
 
-Keras pads max pooling with -infinity and divides average pooling by the number of real cells, so
-in both cases the window is simply clipped at the border: MAX and AVERAGE of the real cells.
+Keras pads max pooling with -infinity and divides average pooling by the number of real cells: the
+window reads the input's blank padding border, which MAX and AVERAGE skip (see placement.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..layout import text
-from .base import LayerWriter, MapSheets, Window, channel_axis, handles, one_of, positive_ints_or_none, which_text
+from ..layout import FIRST_COL, FIRST_ROW, Tensor, text
+from .base import (LayerWriter, MapSheets, Window, channel_axis, check_layout, handles, ok, one_of,
+                   positive_ints_or_none, which_text, write_copy_maps)
+
+DATA_FORMATS = one_of("channels_last", "channels_first")
 
 
 def pool_values(x_chw, taps_h, taps_w, reduce):
@@ -90,3 +94,48 @@ class Pooling2DWriter(LayerWriter):
 @handles("MaxPooling1D", "AveragePooling1D")
 class Pooling1DWriter(Pooling2DWriter):
     one_d = True
+
+
+@handles("GlobalAveragePooling2D", "GlobalMaxPooling2D")
+class GlobalPooling2DWriter(LayerWriter):
+    options = {"data_format": DATA_FORMATS, "keepdims": ok}
+    rank = 3
+
+    @property
+    def is_max(self):
+        return self.kind.startswith("GlobalMax")
+
+    def describe(self):
+        what = "max" if self.is_max else "average"
+        keep = " (keepdims)" if self.config.get("keepdims") else ""
+        return f"{what} of each whole map: one value per channel{keep}"
+
+    def write(self, ctx, x):
+        axis = check_layout(self, x, self.rank)
+        H, W = x.hw
+        fn = "MAX" if self.is_max else "AVERAGE"
+        key = "global_max" if self.is_max else "global_avg"
+        chw = x.chw().reshape(x.channels, -1)
+        out = chw.max(axis=1) if self.is_max else chw.mean(axis=1)
+        book = ctx.book
+        explain = text(f"reshaping.{key}_explain", size=f"{H}×{W}" if self.rank == 3 else f"{H}-step")
+        if self.config.get("keepdims"):
+            return write_copy_maps(ctx, self, out[:, None, None],
+                                   lambda c, i, j: f"{fn}({x.window(c, 0, H - 1, 0, W - 1)})", axis,
+                                   lambda c: text(f"reshaping.{key}_channel", step=ctx.step, name=self.name,
+                                                  kind=self.kind,
+                                                  which=which_text(self.rank == 2, c, x.channels)),
+                                   explain, self.rank)
+        name = ctx.sheet_name(self.name)
+        sheet = book.add_sheet(name, text(f"reshaping.{key}", step=ctx.step, name=self.name, kind=self.kind,
+                                          channels=x.channels), explain)
+        sheet.label(FIRST_ROW - 1, FIRST_COL, text("reshaping.global_header"), book.fmt_header)
+        for c in range(x.channels):
+            sheet.ws.write_number(FIRST_ROW + c, 0, c, book.fmt_axis)
+            sheet.formula(FIRST_ROW + c, FIRST_COL, f"{fn}({x.window(c, 0, H - 1, 0, W - 1)})", out[c])
+        return Tensor(self.name, out, None, [(name, FIRST_ROW, FIRST_COL)])
+
+
+@handles("GlobalAveragePooling1D", "GlobalMaxPooling1D")
+class GlobalPooling1DWriter(GlobalPooling2DWriter):
+    rank = 2

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, text
-from .base import LayerWriter, MapSheets, channel_axis, handles, ok, one_of, pair, positive_ints, which_text
+from .base import (LayerWriter, channel_axis, check_layout, handles, one_of, pair, positive_ints, which_text,
+                   write_copy_maps)
 
 DATA_FORMATS = one_of("channels_last", "channels_first")
 
@@ -34,31 +35,6 @@ def _non_negative_pairs(value, _config):
     if any(v < 0 for p in pairs for v in p):
         return f"{value!r} must not be negative"
     return None
-
-
-def check_layout(writer, x, rank=3):
-    """The layer's data_format must name the axis x keeps its channels on. 1-D layers without a
-    data_format (Cropping1D, UpSampling1D) work on axis 1, the steps of a channels_last signal."""
-    fmt = writer.config.get("data_format") or "channels_last"
-    axis = channel_axis(fmt, rank)
-    if x.rank != rank or x.channel_axis != axis:
-        writer.refuse(f"expects a {rank}-D {fmt} input, got shape {x.values.shape}")
-    return axis
-
-
-def write_copy_maps(ctx, writer, x_out_chw, source, axis, title_of, explain, rank=3):
-    """The output maps (MapSheets); cell (i, j) of channel c = source(c, i, j), a reference, or None for 0."""
-    channels, h, w = x_out_chw.shape
-    maps = MapSheets(ctx, writer.name, channels, h, w, rank, title_of, lambda _c: explain)
-    places = []
-    for c in range(channels):
-        sheet, r0, c0 = maps.start(c)
-        for i in range(h):
-            for j in range(w):
-                sheet.formula(r0 + i, c0 + j, source(c, i, j) or "0", x_out_chw[c, i, j])
-        places.append((sheet.name, r0, c0))
-    maps.color_all(0, x_out_chw)
-    return maps.tensor(writer.name, x_out_chw, rank, axis, places)
 
 
 @handles("ZeroPadding2D")
@@ -204,46 +180,6 @@ class ReshapeWriter(LayerWriter):
                                text("reshaping.reshape_explain", order=order), rank)
 
 
-@handles("GlobalAveragePooling2D", "GlobalMaxPooling2D")
-class GlobalPooling2DWriter(LayerWriter):
-    options = {"data_format": DATA_FORMATS, "keepdims": ok}
-    rank = 3
-
-    @property
-    def is_max(self):
-        return self.kind.startswith("GlobalMax")
-
-    def describe(self):
-        what = "max" if self.is_max else "average"
-        keep = " (keepdims)" if self.config.get("keepdims") else ""
-        return f"{what} of each whole map: one value per channel{keep}"
-
-    def write(self, ctx, x):
-        axis = check_layout(self, x, self.rank)
-        H, W = x.hw
-        fn = "MAX" if self.is_max else "AVERAGE"
-        key = "global_max" if self.is_max else "global_avg"
-        chw = x.chw().reshape(x.channels, -1)
-        out = chw.max(axis=1) if self.is_max else chw.mean(axis=1)
-        book = ctx.book
-        explain = text(f"reshaping.{key}_explain", size=f"{H}×{W}" if self.rank == 3 else f"{H}-step")
-        if self.config.get("keepdims"):
-            return write_copy_maps(ctx, self, out[:, None, None],
-                                   lambda c, i, j: f"{fn}({x.window(c, 0, H - 1, 0, W - 1)})", axis,
-                                   lambda c: text(f"reshaping.{key}_channel", step=ctx.step, name=self.name,
-                                                  kind=self.kind,
-                                                  which=which_text(self.rank == 2, c, x.channels)),
-                                   explain, self.rank)
-        name = ctx.sheet_name(self.name)
-        sheet = book.add_sheet(name, text(f"reshaping.{key}", step=ctx.step, name=self.name, kind=self.kind,
-                                          channels=x.channels), explain)
-        sheet.label(FIRST_ROW - 1, FIRST_COL, text("reshaping.global_header"), book.fmt_header)
-        for c in range(x.channels):
-            sheet.ws.write_number(FIRST_ROW + c, 0, c, book.fmt_axis)
-            sheet.formula(FIRST_ROW + c, FIRST_COL, f"{fn}({x.window(c, 0, H - 1, 0, W - 1)})", out[c])
-        return Tensor(self.name, out, None, [(name, FIRST_ROW, FIRST_COL)])
-
-
 # -- the 1-D twins: the same writers on signals (steps run down a column, see base.MapSheets) ----
 
 def _pair_1d(value):
@@ -298,8 +234,3 @@ class UpSampling1DWriter(UpSampling2DWriter):
 
     def describe(self):
         return f"each step repeated {self.config['size']} times"
-
-
-@handles("GlobalAveragePooling1D", "GlobalMaxPooling1D")
-class GlobalPooling1DWriter(GlobalPooling2DWriter):
-    rank = 2

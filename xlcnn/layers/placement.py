@@ -1,0 +1,147 @@
+"""Where a stage's maps go on the sheets: MapSheets (one sheet per channel of an image map, one
+sheet with a column per channel for a signal), the blank border that shows a reader's padding, and
+the copy maps of layers that only move cells.
+"""
+
+from __future__ import annotations
+
+from ..layout import FIRST_COL, FIRST_ROW, Tensor, style
+from .geometry import channel_axis
+
+
+class MapSheets:
+    """Where a stage's channel maps go: the one placement every map-writing layer uses.
+
+    An image map (a rank-3 tensor): one sheet per channel, '<step> <layer> c<k>', its (h x w) map
+    at (FIRST_ROW, FIRST_COL); block b (the fused activation, partial sums) b maps to the right.
+    A signal (a rank-2 tensor, the maps of 1-D layers): one sheet for the whole stage, time running
+    down the rows and channel c in column FIRST_COL + c, so the stage reads as a multi-channel
+    waveform; block b is a group of `channels` columns b groups to the right.
+
+    title(c) and explain(c) give a sheet's texts; c is None for the one sheet of a signal stage.
+    """
+
+    def __init__(self, ctx, layer_name, channels, h, w, rank, title, explain=None, suffix="", bordered=True):
+        self.ctx, self.layer_name, self.channels = ctx, layer_name, channels
+        self.h, self.w, self.rank, self.suffix = h, w, rank, suffix
+        self.title, self.explain = title, explain or (lambda _c: "")
+        self.one_sheet = rank == 2
+        # the padding its readers add, kept blank around each map (a signal: rows before and after)
+        (top, bottom), (left, right) = ctx.border if bordered else ((0, 0), (0, 0))
+        self.border = ((top, bottom), (0, 0) if self.one_sheet else (left, right))
+        self._sheets = {}
+
+    def sheet(self, c):
+        key = None if self.one_sheet else c
+        if key not in self._sheets:
+            book = self.ctx.book
+            if self.one_sheet:
+                name = self.ctx.sheet_name(self.layer_name, self.suffix)
+                sheet = book.add_sheet(name, self.title(None), self.explain(None))
+            else:
+                name = self.ctx.sheet_name(self.layer_name, f"{self.suffix} c{c}")
+                sheet = book.add_sheet(name, self.title(c), self.explain(c), map_width=self.w)
+            self._sheets[key] = sheet
+            if self.one_sheet:
+                for i in range(self.h):
+                    sheet.ws.write_string(FIRST_ROW + i, 0, str(i), book.fmt_axis)
+                sheet.ws.write_string(FIRST_ROW - 1, 0, "t", book.fmt_axis)
+        return self._sheets[key]
+
+    def origin(self, c, block=0):
+        """(row, col) of the top-left cell of channel c's block `block`."""
+        (top, _), (left, right) = self.border
+        if self.one_sheet:
+            return FIRST_ROW + top, FIRST_COL + block * (self.channels + 1) + c
+        return FIRST_ROW + top, FIRST_COL + left + block * (left + self.w + right + 1)
+
+    def tensor(self, layer, chw, rank, channel_axis, places):
+        """The stage's output Tensor, which knows the blank border its maps keep."""
+        return Tensor.from_chw(layer, chw, rank, channel_axis, places, self.border)
+
+    def place(self, c, block=0):
+        """(sheet name, row, col) of channel c's block, as a Tensor's places hold them."""
+        return (self.sheet(c).name, *self.origin(c, block))
+
+    def start(self, c, block=0, label=None):
+        """The sheet for channel c's block, with its axis labels (and the block's label) written:
+        returns (sheet, row, col)."""
+        sheet = self.sheet(c)
+        r0, c0 = self.origin(c, block)
+        book = self.ctx.book
+        (top, bottom), (left, right) = self.border
+        if self.one_sheet:
+            sheet.ws.write_string(FIRST_ROW - 1, c0, f"c{c}", book.fmt_axis)
+            if label and c == 0:
+                sheet.label(FIRST_ROW - 2, c0, label, book.fmt_header)
+        else:
+            if top or bottom or left or right:
+                shade_border(sheet, r0, c0, self.h, self.w, self.border)
+            # indices above the border and left of it, as Keras counts them (the border has none)
+            for j in range(self.w):
+                sheet.ws.write_string(FIRST_ROW - 1, c0 + j, str(j), book.fmt_axis)
+            for i in range(self.h):
+                sheet.ws.write_string(r0 + i, c0 - left - 1, str(i), book.fmt_axis)
+            if label:
+                sheet.label(FIRST_ROW - 2, c0 - left, label, book.fmt_header)
+        if self.one_sheet and (top or bottom):
+            shade_border(sheet, r0, c0, self.h, self.w, self.border)
+        return sheet, r0, c0
+
+    def color_all(self, block, chw):
+        """Colour block `block` of every channel (chw: the values as (channels, h, w)): each image
+        map on its own, a signal stage's group of columns as one."""
+        for c in range(self.channels):
+            sheet = self.sheet(c)
+            r0, c0 = self.origin(c, block)
+            if not self.one_sheet:
+                sheet.color_scale(r0, c0, r0 + self.h - 1, c0 + self.w - 1, values=chw[c])
+        if self.one_sheet:
+            r0, c0 = self.origin(0, block)
+            self.sheet(0).color_scale(r0, c0, r0 + self.h - 1, c0 + self.channels - 1, values=chw)
+
+
+def padding_format(book):
+    """The grey fill of the blank cells that show a reader's padding (made once per workbook)."""
+    fmt = getattr(book, "fmt_padding", None)
+    if fmt is None:
+        fmt = book.fmt_padding = book.wb.add_format({"bg_color": style("colors.padding_fill")})
+    return fmt
+
+
+def shade_border(sheet, r0, c0, h, w, border):
+    """Shade the blank border around an (h x w) block at (r0, c0): the cells stay empty, which is
+    exactly Keras's padding for every reader (SUMPRODUCT reads an empty cell as 0, the zeros of a
+    convolution; MAX and AVERAGE skip it, the -infinity of max pooling and the real-cells-only
+    divisor of average pooling)."""
+    (top, bottom), (left, right) = border
+    fmt = padding_format(sheet.book)
+    for i in range(-top, h + bottom):
+        for j in range(-left, w + right):
+            if not (0 <= i < h and 0 <= j < w):
+                sheet.ws.write_blank(r0 + i, c0 + j, None, fmt)
+
+
+def check_layout(writer, x, rank=3):
+    """The layer's data_format must name the axis x keeps its channels on. 1-D layers without a
+    data_format (Cropping1D, UpSampling1D) work on axis 1, the steps of a channels_last signal."""
+    fmt = writer.config.get("data_format") or "channels_last"
+    axis = channel_axis(fmt, rank)
+    if x.rank != rank or x.channel_axis != axis:
+        writer.refuse(f"expects a {rank}-D {fmt} input, got shape {x.values.shape}")
+    return axis
+
+
+def write_copy_maps(ctx, writer, x_out_chw, source, axis, title_of, explain, rank=3):
+    """The output maps (MapSheets); cell (i, j) of channel c = source(c, i, j), a reference, or None for 0."""
+    channels, h, w = x_out_chw.shape
+    maps = MapSheets(ctx, writer.name, channels, h, w, rank, title_of, lambda _c: explain)
+    places = []
+    for c in range(channels):
+        sheet, r0, c0 = maps.start(c)
+        for i in range(h):
+            for j in range(w):
+                sheet.formula(r0 + i, c0 + j, source(c, i, j) or "0", x_out_chw[c, i, j])
+        places.append((sheet.name, r0, c0))
+    maps.color_all(0, x_out_chw)
+    return maps.tensor(writer.name, x_out_chw, rank, axis, places)
