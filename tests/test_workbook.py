@@ -183,3 +183,14 @@ def test_the_check_sees_a_changed_cell_tuple(monkeypatch):
     monkeypatch.delattr(xlsxwriter.worksheet.Worksheet, "_calculate_spans")
     problem = workbook._xlsxwriter_problem()
     assert "CellNumberTuple" in problem and "_calculate_spans" in problem
+
+
+def test_estimate_says_what_opening_in_libreoffice_takes_and_warns_past_a_laptop():
+    from xlcnn.limits import LAPTOP_MB, Estimate
+    small = Estimate(sheets=41, formulas=5_517, constants=1_434)
+    assert "opening it in LibreOffice takes about" in small.text()
+    assert small.warnings() == []
+    big = Estimate(sheets=2_618, formulas=400_000, constants=2_000_000)   # a mini-Xception-size workbook
+    assert big.libreoffice_mb > LAPTOP_MB
+    (note,) = big.warnings()
+    assert "LibreOffice" in note and "GB" in note and "\n" not in note

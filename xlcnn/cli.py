@@ -86,6 +86,8 @@ def _build(args):
             print(f"note: {note}")
         if result.estimate is not None:
             print(f"estimate before writing: {result.estimate.text()}")
+            for warning in result.estimate.warnings():
+                print(f"note: {warning}")
         if result.predicted is not None:
             what = "probability" if result.output_is_probability else "score"
             print(f"predicted class {result.predicted} ({what} {result.probability:.4f})")

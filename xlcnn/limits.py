@@ -21,6 +21,15 @@ MAX_BYTES = 2_000_000_000    # beyond this neither program opens the file on an 
 BYTES_PER_CONSTANT = 15      # measured on the samples and the LeNet-size bench model
 BYTES_PER_FORMULA = 40
 
+# What opening the workbook takes in LibreOffice 7.4 (a hard recalculation: every formula computed
+# on load), fitted by bench/bench_libreoffice.py as start + per sheet + per formula + per constant.
+# Memory fits within 1% on the synthetic workbooks and over-estimates the LeNet-size one by 13%;
+# about 6 MB a sheet is what makes a 2,600-sheet workbook need 14 GB. Seconds are rougher: they
+# under-estimate workbooks of long formulas (LeNet-size: 12 s for 18 s measured).
+LO_SECONDS = (2.5, 0.037, 2.0e-5, 2.2e-6)
+LO_MB = (150.0, 5.9, 9.5e-4, 2.7e-4)
+LAPTOP_MB = 4_000             # past this, warn: an ordinary laptop has no more to give
+
 
 @dataclass
 class Estimate:
@@ -36,10 +45,42 @@ class Estimate:
     def bytes(self):
         return self.constants * BYTES_PER_CONSTANT + self.formulas * BYTES_PER_FORMULA
 
+    def _fit(self, coef):
+        start, per_sheet, per_formula, per_constant = coef
+        return start + per_sheet * self.sheets + per_formula * self.formulas + per_constant * self.constants
+
+    @property
+    def libreoffice_seconds(self):
+        """Opening (and recalculating) the workbook in LibreOffice, by bench/bench_libreoffice.py's fit."""
+        return self._fit(LO_SECONDS)
+
+    @property
+    def libreoffice_mb(self):
+        """LibreOffice's peak memory for it, by the same fit."""
+        return self._fit(LO_MB)
+
     def text(self):
         return (f"{self.sheets:,} sheets, {self.formulas:,} formulas, {self.constants:,} constants, "
                 f"at most {self.max_rows:,} rows × {self.max_cols:,} columns on one sheet, "
-                f"longest formula about {self.longest_formula:,} characters, about {self.bytes / 1e6:,.1f} MB")
+                f"longest formula about {self.longest_formula:,} characters, about {self.bytes / 1e6:,.1f} MB; "
+                f"opening it in LibreOffice takes about {_seconds(self.libreoffice_seconds)} and "
+                f"{_memory(self.libreoffice_mb)}")
+
+    def warnings(self):
+        """Notes (not refusals) for a workbook that will be hard to open."""
+        if self.libreoffice_mb > LAPTOP_MB:
+            return [f"opening this workbook in LibreOffice will need about {_memory(self.libreoffice_mb)} of memory, "
+                    f"more than a laptop with {LAPTOP_MB / 1000:.0f} GB has; "
+                    "a smaller input size or fewer channels make a lighter workbook"]
+        return []
+
+
+def _seconds(s):
+    return f"{s:,.0f} s" if s >= 10 else f"{s:.1f} s"
+
+
+def _memory(mb):
+    return f"{mb / 1000:,.1f} GB" if mb >= 1000 else f"{mb:,.0f} MB"
 
 
 def estimate(loaded, writers):
