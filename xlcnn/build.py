@@ -23,7 +23,9 @@ from .errors import XlcnnError
 from .gallery import write_gallery
 from .layers import Context, writer_for
 from .layers.base import HANDLERS, shade_border
-from .layout import FIRST_COL, FIRST_ROW, SheetNames, Tensor, current_language, reset_language, set_language, text
+from .layers.placement import square_cells
+from .layout import (FIRST_COL, FIRST_ROW, SheetNames, Tensor, current_language, reset_language, set_language, style,
+                     text)
 from .navigation import write_navigation
 from .overview import write_overview
 from .workbook import Book
@@ -180,7 +182,7 @@ def _write_stages(book, loaded, writers, prepared, layout, say):
     x = prepared.tensor.astype(np.float64)
     borders = required_borders(writers)
     first = _write_input(book, names, _step(1, total), loaded, x, layout, getattr(prepared, "channel_names", None),
-                         borders.get(loaded.input_name, NO_BORDER))
+                         borders.get(loaded.input_name, NO_BORDER), rgb=getattr(prepared, "kind", "") == "image")
     stages = [Stage(_step(1, total), None, first, first.places[0][0], sheets=list(book.sheets)[2:])]
     tensors = {loaded.input_name: first}
     downstream = _downstream_data_formats(writers)
@@ -236,7 +238,23 @@ def required_borders(writers):
     return need
 
 
-def _write_input(book, names, step, loaded, x, layout, channel_names=None, border=NO_BORDER):
+def _input_range(x):
+    """The input's colour range, fixed (so typing one bright pixel does not dim the picture): 0..1
+    for scaled pixels, 0..255 for raw ones, otherwise the input's own range. Returns (lo, hi, number
+    format that keeps the number readable on dark cells)."""
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if lo >= 0 and hi <= 1:
+        return 0.0, 1.0, "[White][<0.5]0.0;[Black]0.0"
+    if lo >= 0 and hi <= 255:
+        return 0.0, 255.0, "[White][<128]0;[Black]0"
+    mid = (lo + hi) / 2
+    return lo, hi, f"[White][<{mid:.6g}]0.00;[Black]0.00"
+
+
+RGB = (("R", "#FF0000"), ("G", "#00A000"), ("B", "#0000FF"))
+
+
+def _write_input(book, names, step, loaded, x, layout, channel_names=None, border=NO_BORDER, rgb=False):
     if x.ndim == 1:
         name = names.make(f"{step} ", "input")
         sheet = book.add_sheet(name, text("stage.input", step=step, channel=0, channels=1, layout="1-D"))
@@ -251,10 +269,16 @@ def _write_input(book, names, step, loaded, x, layout, channel_names=None, borde
     t.border = border
     (top, bottom), (left, right) = border
     r0, c0 = FIRST_ROW + top, FIRST_COL + left
+    lo, hi, number_format = _input_range(x)
+    rgb = rgb and t.channels == 3
+    scale = style("input_scale")
     for c in range(t.channels):
-        name = names.make(f"{step} ", "input", f" c{c}")
-        sheet = book.add_sheet(name, text("stage.input", step=step, channel=c, channels=t.channels,
-                                          layout=f"{layout}, shape {x.shape}"), map_width=w + left + right)
+        tag, tint = RGB[c] if rgb else (f"c{c}", None)
+        name = names.make(f"{step} ", "input", f" {tag}")
+        sheet = book.add_sheet(name, text("stage.input", step=step, channel=f"{c} ({tag})" if rgb else c,
+                                          channels=t.channels, layout=f"{layout}, shape {x.shape}"),
+                               map_width=w + left + right)
+        square_cells(sheet, h, w, border)
         if border != NO_BORDER:
             shade_border(sheet, r0, c0, h, w, border)
         for j in range(w):

@@ -261,6 +261,7 @@ class Sheet:
         # references to this sheet's own cells read better without the sheet name: MAX(0,B5)
         self._prefix = quote_sheet(name) + "!"
         self._own = re.compile(r"(?<![\w'])" + re.escape(self._prefix))
+        self.number_format = None     # the format of formula cells written without one (maps: fewer decimals)
 
     # -- cells -------------------------------------------------------------------------------
     def formula(self, row, col, formula, value, fmt=None):
@@ -276,7 +277,7 @@ class Sheet:
             book.longest_formula = len(formula)
         # Straight into the cell table: our formulas use no future functions, so XlsxWriter's
         # formula-preparation regexes (most of write_formula's cost) have nothing to do.
-        self.ws.store_formula(row, col, formula, fmt or book.fmt_number, value)
+        self.ws.store_formula(row, col, formula, fmt or self.number_format or book.fmt_number, value)
 
     def numbers(self, row, col, array, fmt=None):
         """A 2-D block of constants, kept as one float64 array until the file is saved."""
@@ -341,6 +342,12 @@ class Book:
         self.fmt_axis = add({"font_color": "#808080", "italic": True, "align": "center"})
         self.fmt_title = add({"bold": True, "font_color": colors["title"], "font_size": 12})
         self.fmt_explain = add({"italic": True, "font_color": "#404040"})
+        # a map sheet's title and explanation wrap inside a merged band, so a long note never
+        # stretches the printed page; map cells show two decimals to fit their square cells
+        self.fmt_title_wrap = add({"bold": True, "font_color": colors["title"], "font_size": 12, "text_wrap": True,
+                                   "valign": "top"})
+        self.fmt_explain_wrap = add({"italic": True, "font_color": "#404040", "text_wrap": True, "valign": "top"})
+        self.fmt_map = add({"num_format": st["map_number_format"]})
         self.fmt_header = add({"bold": True, "bg_color": colors["header_fill"], "border": 1})
         self.fmt_partial = add({"num_format": st["number_format"], "bg_color": colors["partial_fill"]})
         self.fmt_link = add({"font_color": colors["link"], "underline": 1})
@@ -354,13 +361,23 @@ class Book:
         self.sheets[name] = sheet
         if back_link:
             sheet.link(0, 0, "overview", text("common.back_link"))
-        if title:
-            ws.write(0, FIRST_COL, title, self.fmt_title)
-        if explain:
-            ws.write(1, FIRST_COL, explain, self.fmt_explain)
         ws.set_column(0, 0, style("label_column_width"))
         if map_width:
             ws.set_column(FIRST_COL, FIRST_COL + map_width, style("map_column_width"))
+            sheet.number_format = self.fmt_map
+            # title and explanation wrap in a band at least ~900 pixels wide, rows as tall as needed
+            px = style("map_cell_px")
+            cols = max(map_width, -(-900 // px))
+            for row, value, fmt, char_px, line_pt in ((0, title, self.fmt_title_wrap, 7.5, 16),
+                                                       (1, explain, self.fmt_explain_wrap, 6.5, 15)):
+                if value:
+                    ws.merge_range(row, FIRST_COL, row, FIRST_COL + cols - 1, value, fmt)
+                    ws.set_row(row, line_pt * max(1, math.ceil(len(value) * char_px / (cols * px))))
+        else:
+            if title:
+                ws.write(0, FIRST_COL, title, self.fmt_title)
+            if explain:
+                ws.write(1, FIRST_COL, explain, self.fmt_explain)
         ws.freeze_panes(FIRST_ROW, FIRST_COL)
         ws.set_landscape()
         ws.fit_to_pages(1, 1 if map_width else 0)  # a feature map prints as one page, like a picture

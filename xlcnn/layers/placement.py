@@ -5,7 +5,9 @@ the copy maps of layers that only move cells.
 
 from __future__ import annotations
 
-from ..layout import FIRST_COL, FIRST_ROW, Tensor, style
+import numpy as np
+
+from ..layout import FIRST_COL, FIRST_ROW, Tensor, style, text
 from .geometry import channel_axis
 
 
@@ -41,6 +43,7 @@ class MapSheets:
             else:
                 name = self.ctx.sheet_name(self.layer_name, f"{self.suffix} c{c}")
                 sheet = book.add_sheet(name, self.title(c), self.explain(c), map_width=self.w)
+                square_cells(sheet, self.h, self.w, self.border)
             self._sheets[key] = sheet
             if self.one_sheet:
                 for i in range(self.h):
@@ -89,16 +92,70 @@ class MapSheets:
         return sheet, r0, c0
 
     def color_all(self, block, chw):
-        """Colour block `block` of every channel (chw: the values as (channels, h, w)): each image
-        map on its own, a signal stage's group of columns as one."""
+        """Colour block `block` of every channel (chw: the values as (channels, h, w)) with one
+        colour scale for the whole layer, so its channels can be compared, symmetric around 0 when
+        the values have both signs; each image map gets the scale's legend below it."""
+        lo, hi = (float(np.min(chw)), float(np.max(chw))) if np.size(chw) else (0.0, 0.0)
+        (top, bottom), _ = self.border
         for c in range(self.channels):
             sheet = self.sheet(c)
             r0, c0 = self.origin(c, block)
             if not self.one_sheet:
-                sheet.color_scale(r0, c0, r0 + self.h - 1, c0 + self.w - 1, values=chw[c])
+                layer_scale(sheet, r0, c0, r0 + self.h - 1, c0 + self.w - 1, lo, hi)
+                scale_legend(sheet, r0 + self.h + bottom + 1, c0, lo, hi)
         if self.one_sheet:
             r0, c0 = self.origin(0, block)
-            self.sheet(0).color_scale(r0, c0, r0 + self.h - 1, c0 + self.channels - 1, values=chw)
+            layer_scale(self.sheet(0), r0, c0, r0 + self.h - 1, c0 + self.channels - 1, lo, hi)
+
+
+def square_cells(sheet, h, w, border):
+    """An image map's cells drawn square (like pixels), with room for a number with two decimals."""
+    px = style("map_cell_px")
+    (top, bottom), (left, right) = border
+    width = (px - 5) / 7                      # Excel's column width in characters for px pixels
+    sheet.ws.set_column(FIRST_COL, FIRST_COL + 4 * (left + w + right + 1), width)
+    for r in range(FIRST_ROW, FIRST_ROW + top + h + bottom):
+        sheet.ws.set_row(r, px * 0.75)        # points
+
+
+def _scale_options(lo, hi):
+    """A colour scale with fixed ends: symmetric around 0 (blue, white, red) when the values have
+    both signs, white to red for positive values, blue to white for negative ones."""
+    s = style("map_scale")
+    if lo < 0 < hi:
+        m = max(-lo, hi)
+        return {"type": "3_color_scale", "min_type": "num", "min_value": -m, "min_color": s["min_color"],
+                "mid_type": "num", "mid_value": 0, "mid_color": s["mid_color"],
+                "max_type": "num", "max_value": m, "max_color": s["max_color"]}, (-m, m)
+    if hi > 0:
+        return {"type": "2_color_scale", "min_type": "num", "min_value": 0, "min_color": s["mid_color"],
+                "max_type": "num", "max_value": hi, "max_color": s["max_color"]}, (0.0, hi)
+    return {"type": "2_color_scale", "min_type": "num", "min_value": min(lo, -1e-12), "min_color": s["min_color"],
+            "max_type": "num", "max_value": 0, "max_color": s["mid_color"]}, (min(lo, 0.0), 0.0)
+
+
+def layer_scale(sheet, r0, c0, r1, c1, lo, hi):
+    """One colour scale shared by all of a layer's maps (the layer's own min and max)."""
+    options, _ = _scale_options(lo, hi)
+    sheet.ws.conditional_format(r0, c0, r1, c1, options)
+
+
+def scale_legend(sheet, row, col, lo, hi):
+    """Below a map: the layer's colour scale as three coloured cells with the values they stand for."""
+    options, (low, high) = _scale_options(lo, hi)
+    book = sheet.book
+    cache = book.__dict__.setdefault("_legend_formats", {})
+    s = style("map_scale")
+    colors = ([s["min_color"], s["mid_color"], s["max_color"]] if options["type"] == "3_color_scale" else
+              [options["min_color"], options["max_color"]])
+    values = [low, 0.0, high] if len(colors) == 3 else [low, high]
+    sheet.label(row, col - 1, text("stage.legend"), book.fmt_axis)
+    for k, (color, value) in enumerate(zip(colors, values)):
+        fmt = cache.get(color)
+        if fmt is None:
+            fmt = cache[color] = book.wb.add_format({"bg_color": color, "align": "center", "font_size": 8,
+                                                    "num_format": "0.00"})
+        sheet.ws.write_string(row, col + k, f"{value:.3g}", fmt)
 
 
 def padding_format(book):
