@@ -83,7 +83,7 @@ def _memory(mb):
     return f"{mb / 1000:,.1f} GB" if mb >= 1000 else f"{mb:,.0f} MB"
 
 
-def estimate(loaded, writers):
+def estimate(loaded, writers) -> Estimate:
     """The workbook's size: the input's sheets plus every writer's plan (layers/base.py Footprint),
     from the shapes Keras computes for the layers; no forward pass and no switch on layer kinds."""
     est = Estimate()

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import XlcnnError
+from .spec import LayerSpec
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -200,7 +201,7 @@ def check_file(path, weights=None):
     return path
 
 
-def load(path, weights=None):
+def load(path: str | Path, weights: str | Path | None = None) -> LoadedModel:
     """Load a .keras/.h5 model, or a JSON architecture with its weights file, with Keras 3 and then
     (for files written by Keras 2: .h5, the Keras-2 .keras format, Keras 2 JSON) with tf_keras."""
     path = check_file(path, weights)
@@ -311,14 +312,14 @@ def _walk(path, model, module, loader):
 ATTRIBUTES = ("mean", "variance", "scale", "offset")
 
 
-def layer_specs(loaded):
+def layer_specs(loaded: LoadedModel) -> list[LayerSpec]:
     """A LayerSpec for every layer of the graph, with the shapes Keras computes for them."""
     shapes = _output_shapes(loaded)
     return [spec_of(layer, loaded.loader, [shapes[r] for r in reads], shapes[layer.name])
             for layer, reads in loaded.graph]
 
 
-def spec_of(layer, package=None, input_shapes=(), output_shape=()):
+def spec_of(layer, package: str | None = None, input_shapes=(), output_shape=()) -> LayerSpec:
     """One Keras layer as a LayerSpec (tests use it for standalone layers too)."""
     from .spec import LayerSpec, as_array, short_weight_name
     package = package or type(layer).__module__.split(".")[0]

@@ -24,6 +24,8 @@ from .stages import (FORMULA_LIMIT, block_refs, join_terms, sumproduct, write_1d
                      write_log_softmax_column, write_softmax_column, write_softmax_maps, write_weight_matrix)
 
 HANDLERS: dict[str, type] = {}
+Shape = tuple[int, ...]                          # a Keras shape without the batch axis
+Border = tuple[tuple[int, int], tuple[int, int]]  # ((top, bottom), (left, right))
 
 # Config keys that never change what a trained layer computes at inference.
 TRAINING_ONLY = {
@@ -108,7 +110,7 @@ class LayerWriter:
     def refuse(self, message):
         raise Refusal(self.spec, message)
 
-    def check(self):
+    def check(self) -> None:
         """Refuse, by name, every option this writer does not reproduce exactly."""
         for key, value in self.config.items():
             if key in TRAINING_ONLY:
@@ -127,16 +129,16 @@ class LayerWriter:
                 self.refuse(reason)
 
     # -- planning: before anything is written ------------------------------------------------
-    def plan(self, input_shapes):
+    def plan(self, input_shapes: list[Shape]) -> Footprint:
         """Refuse what these input shapes make impossible, and say what the stage will add to the
         workbook (limits.estimate sums these; no forward pass is needed)."""
         self.check_inputs(list(input_shapes))
         return self.footprint(list(input_shapes), tuple(self.spec.output_shape))
 
-    def check_inputs(self, input_shapes):
+    def check_inputs(self, input_shapes: list[Shape]) -> None:
         """Shape-dependent refusals (a writer overrides it); the Tensor is checked again in write()."""
 
-    def padding_border(self, input_shapes):
+    def padding_border(self, input_shapes: list[Shape]) -> Border:
         """The padding ((top, bottom), (left, right)) this layer adds around each map of its input,
         in the (h, w) frame of the maps; its input keeps that many blank cells around its maps."""
         if not self.pads_input or not input_shapes:
@@ -147,14 +149,14 @@ class LayerWriter:
         H, W = (spatial[0], 1) if len(spatial) == 1 else spatial
         return self.window.pads(H, W)
 
-    def expect_rank(self, input_shapes, rank):
+    def expect_rank(self, input_shapes: list[Shape], rank: int) -> None:
         """Refuse an input of another rank than `rank` (3 for image maps, 2 for signals)."""
         shape = tuple(input_shapes[0])
         if len(shape) != rank:
             fmt = self.config.get("data_format") or "channels_last"
             self.refuse(f"expects a {rank}-D {fmt} input, got shape {shape}")
 
-    def footprint(self, input_shapes, out):
+    def footprint(self, input_shapes: list[Shape], out: Shape) -> Footprint:
         """A deliberately generous estimate from the output shape: one sheet per channel of an image
         map, one sheet for a signal or a vector, a second block for a fused activation, a weight
         sheet of the parameters' size."""

@@ -5,10 +5,16 @@ the copy maps of layers that only move cells.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, style, text
 from .geometry import channel_axis
+
+if TYPE_CHECKING:
+    from ..workbook import Sheet
+    from .base import Context
 
 
 class MapSheets:
@@ -23,7 +29,9 @@ class MapSheets:
     title(c) and explain(c) give a sheet's texts; c is None for the one sheet of a signal stage.
     """
 
-    def __init__(self, ctx, layer_name, channels, h, w, rank, title, explain=None, suffix="", bordered=True):
+    def __init__(self, ctx: Context, layer_name: str, channels: int, h: int, w: int, rank: int,
+                 title: Callable[[int | None], str], explain: Callable[[int | None], str] | None = None,
+                 suffix: str = "", bordered: bool = True) -> None:
         self.ctx, self.layer_name, self.channels = ctx, layer_name, channels
         self.h, self.w, self.rank, self.suffix = h, w, rank, suffix
         self.title, self.explain = title, explain or (lambda _c: "")
@@ -33,7 +41,7 @@ class MapSheets:
         self.border = ((top, bottom), (0, 0) if self.one_sheet else (left, right))
         self._sheets = {}
 
-    def sheet(self, c):
+    def sheet(self, c: int) -> Sheet:
         key = None if self.one_sheet else c
         if key not in self._sheets:
             book = self.ctx.book
@@ -51,14 +59,14 @@ class MapSheets:
                 sheet.ws.write_string(FIRST_ROW - 1, 0, "t", book.fmt_axis)
         return self._sheets[key]
 
-    def origin(self, c, block=0):
+    def origin(self, c: int, block: int = 0) -> tuple[int, int]:
         """(row, col) of the top-left cell of channel c's block `block`."""
         (top, _), (left, right) = self.border
         if self.one_sheet:
             return FIRST_ROW + top, FIRST_COL + block * (self.channels + 1) + c
         return FIRST_ROW + top, FIRST_COL + left + block * (left + self.w + right + 1)
 
-    def tensor(self, layer, chw, rank, channel_axis, places):
+    def tensor(self, layer: str, chw: np.ndarray, rank: int, channel_axis: int, places: list) -> Tensor:
         """The stage's output Tensor, which knows the blank border its maps keep."""
         return Tensor.from_chw(layer, chw, rank, channel_axis, places, self.border)
 
@@ -66,7 +74,7 @@ class MapSheets:
         """(sheet name, row, col) of channel c's block, as a Tensor's places hold them."""
         return (self.sheet(c).name, *self.origin(c, block))
 
-    def start(self, c, block=0, label=None):
+    def start(self, c: int, block: int = 0, label: str | None = None) -> tuple[Sheet, int, int]:
         """The sheet for channel c's block, with its axis labels (and the block's label) written:
         returns (sheet, row, col)."""
         sheet = self.sheet(c)
@@ -91,7 +99,7 @@ class MapSheets:
             shade_border(sheet, r0, c0, self.h, self.w, self.border)
         return sheet, r0, c0
 
-    def color_all(self, block, chw):
+    def color_all(self, block: int, chw: np.ndarray) -> None:
         """Colour block `block` of every channel (chw: the values as (channels, h, w)) with one
         colour scale for the whole layer, so its channels can be compared, symmetric around 0 when
         the values have both signs; each image map gets the scale's legend below it."""
