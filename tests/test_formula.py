@@ -857,3 +857,107 @@ def test_formula_groups_and_cells_equal_one_cell_at_a_time(tmp_path):
                 v = res.value(sheet, r, c)
                 want = np.nan if v is None or isinstance(v, (str, bool)) else v
                 np.testing.assert_array_equal(got[..., i], want)
+
+
+# --------------------------------------------------------------------------- batch layout
+
+def _batch_book(tmp_path):
+    """Convolutions over two input channels onto two sheets (a matrix product with a shared
+    weight side), a dense layer over a whole sheet (weights shared, one window per image), and
+    a SUMPRODUCT whose range holds text and TRUE (SUMPRODUCT's own path)."""
+    g = np.random.default_rng(11)
+    x, k, wd = g.normal(size=(2, 6, 7)), g.normal(size=(2, 2, 3, 3)), g.normal(size=(20, 3))
+    sheets = {"c0": {}, "c1": {}, "w": {}, "o0": {}, "o1": {}, "dense": {}}
+    for ch in range(2):
+        for r in range(6):
+            for c in range(7):
+                sheets[f"c{ch}"][xl_rowcol_to_cell(r, c)] = x[ch, r, c]
+    for out in range(2):
+        for ch in range(2):
+            for r in range(3):
+                for c in range(3):
+                    sheets["w"][xl_rowcol_to_cell(3 * (2 * out + ch) + r, c)] = k[out, ch, r, c]
+        sheets["w"][xl_rowcol_to_cell(out, 5)] = 0.1 * (out + 1)
+    for r in range(20):
+        for j in range(3):
+            sheets["w"][xl_rowcol_to_cell(20 + r, j)] = wd[r, j]
+    for out in range(2):
+        for r in range(4):
+            for c in range(5):
+                terms = "+".join(
+                    f"SUMPRODUCT(c{ch}!{xl_rowcol_to_cell(r, c)}:{xl_rowcol_to_cell(r + 2, c + 2)},"
+                    f"w!{xl_rowcol_to_cell(3 * (2 * out + ch), 0, True, True)}:"
+                    f"{xl_rowcol_to_cell(3 * (2 * out + ch) + 2, 2, True, True)})" for ch in range(2))
+                sheets[f"o{out}"][xl_rowcol_to_cell(r, c)] = f"={terms}+w!$F${out + 1}"
+    for j in range(3):
+        col = xl_col_to_name(j)
+        sheets["dense"][xl_rowcol_to_cell(0, j)] = f"=SUMPRODUCT(o0!$A$1:$E$4,w!{col}$21:{col}$24)"
+        sheets["dense"][xl_rowcol_to_cell(1, j)] = f"=SUMPRODUCT(o1!$A$1:$A$4,w!{col}$21:{col}$24)"
+        sheets["dense"][xl_rowcol_to_cell(2, j)] = f"=SUMPRODUCT($E$1:$E$4,o0!{col}1:{col}4)"
+    sheets["dense"].update({"E1": 2.0, "E2": "text", "E3": True, "E4": -1.5})
+    return make_book(tmp_path, sheets), x
+
+
+def _all_formula_values(res, book):
+    return {s: res.cells(s, *book.formula_cells(s)[:2]) for s in book.sheets if book.formula_cells(s)[0]}
+
+
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_batch_equals_per_image_through_matrix_products(tmp_path, monkeypatch, chunk):
+    """A batch laid out innermost (sheets as (rows, cols, batch) memory, windows gathered as a
+    (K, windows x batch) matrix) gives every image what its own run gives, also when the batch
+    goes in slices and when the weights vary over the batch too."""
+    from xlcnn.formula import products
+    if chunk:
+        monkeypatch.setattr(products, "_DOT_CHUNK", chunk)
+    book, x = _batch_book(tmp_path)
+    g = np.random.default_rng(12)
+    imgs = x[None] + g.normal(size=(5,) + x.shape)
+    wscale = 1.0 + 0.1 * np.arange(5)
+    cases = {
+        "inputs": lambda b: {(f"c{ch}", r, c): imgs[b, ch, r, c]
+                             for ch in range(2) for r in range(6) for c in range(7)},
+        "weights too": lambda b: {**{(f"c{ch}", r, c): imgs[b, ch, r, c] for ch in range(2) for r in range(6)
+                                     for c in range(7)},
+                                  ("w", 0, 0): wscale[b], ("w", 21, 1): -wscale[b]},
+    }
+    for name, per_image in cases.items():
+        keys = per_image(0).keys()
+        batched = evaluate(book, {k: np.array([per_image(b)[k] for b in range(5)]) for k in keys})
+        got = _all_formula_values(batched, book)
+        for b in range(5):
+            want = _all_formula_values(evaluate(book, per_image(b)), book)
+            for sheet, values in want.items():
+                np.testing.assert_allclose(got[sheet][b], values, rtol=1e-12, atol=1e-12, err_msg=f"{name} {sheet}")
+    plans = [c.gather.get("dot") for c in book.program.classes if "dot" in c.gather]
+    assert any(p is not False and p[2] for p in plans) and any(p is False for p in plans)
+    slow = evaluate_one_by_one(book, monkeypatch, overrides={k: np.array([cases["inputs"](b)[k] for b in range(5)])
+                                                             for k in cases["inputs"](0)})
+    fast = evaluate(book, {k: np.array([cases["inputs"](b)[k] for b in range(5)]) for k in cases["inputs"](0)})
+    for sheet, values in _all_formula_values(slow, book).items():
+        np.testing.assert_allclose(_all_formula_values(fast, book)[sheet], values, rtol=1e-12, atol=1e-12)
+
+
+def test_batch_equals_per_image_on_an_xlcnn_workbook(tmp_path):
+    """Three inputs through a real LeNet workbook at once equal three separate runs, cell by cell."""
+    pytest.importorskip("tensorflow")
+    from pathlib import Path
+
+    from xlcnn import manifest as mf
+    from xlcnn.build import build
+    from xlcnn.verify import constant_block, input_overrides, read_contract
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "lenet.xlsx"
+    build(root / "samples" / "lenet.keras", root / "samples" / "digits" / "digit_3.png", out)
+    book = read_workbook(out)
+    entries, _ = read_contract(book, out)
+    layer = mf.layers(entries)[0]
+    x = mf.assemble(entries, layer, lambda *cells: constant_block(book, *cells))
+    xb = np.clip(x[None] + np.random.default_rng(4).normal(0, 0.2, (3,) + x.shape), 0, 1)
+    got = _all_formula_values(evaluate(book, input_overrides(entries, layer, xb)), book)
+    for b in range(3):
+        single = {k: float(v[0]) for k, v in input_overrides(entries, layer, xb[b:b + 1]).items()}
+        want = _all_formula_values(evaluate(book, single), book)
+        for sheet, values in want.items():
+            np.testing.assert_allclose(got[sheet][b], values, rtol=1e-11, atol=1e-12, err_msg=sheet)
+

@@ -107,6 +107,14 @@ def _batch_size(overrides):
     return sizes.pop() if sizes else None
 
 
+def _private(base, b):
+    """A writable (b, R, C) copy of ``base`` whose memory is (R, C, b): each cell's batch is
+    contiguous, so gathering windows and writing a class's cells move whole batch vectors."""
+    out = np.empty(base.shape + (b,))
+    out[...] = base[..., None]
+    return out.transpose(2, 0, 1)
+
+
 def evaluate(book, overrides=None):
     """Evaluate every formula of ``book``.  ``overrides`` {(sheet, row, col): number or 1-D array
     of length B} replaces cell values first (a formula cell overridden keeps the given value);
@@ -126,7 +134,7 @@ def evaluate(book, overrides=None):
     V, M = [], []
     for s in range(len(book.sheets)):
         if prog.writer[s] is not None or s in touched:  # written to: a private (b, R, C) copy
-            V.append(np.repeat(prog.base[s][None], b, axis=0))
+            V.append(_private(prog.base[s], b))
         else:  # read only, shared by the whole batch
             V.append(prog.base[s][None])
         M.append(prog.isnum[s].copy() if s in touched else prog.isnum[s])

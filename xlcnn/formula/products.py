@@ -46,27 +46,49 @@ _DOT_CHUNK = 1 << 22  # elements of one gathered operand block (32 MB): the batc
 
 def run_dot(plan, cx):
     sides, inv, product = plan
+    varies = [any(cx.V[t].shape[0] > 1 for t, *_ in side) for side in sides]
     batch = max(cx.V[t].shape[0] for side in sides for t, *_ in side)
+    # A side that does not vary over the batch (the weights) is gathered once; the batch goes
+    # in slices sized by what the varying side gathers, so a dense layer's weight matrix is
+    # neither re-gathered nor multiplied per slice of a few images.
+    fixed = [None if v else _side_values(side, cx, 0, 1) for side, v in zip(sides, varies)]
+    if any(not v and f is None for v, f in zip(varies, fixed)):
+        return None
     width = sum(h * w for _, _, _, h, w in sides[0])
-    rows = max(len(sides[0][0][1]), len(sides[1][0][1]))
+    rows = max([len(side[0][1]) for side, v in zip(sides, varies) if v] or [1])
     step = max(1, _DOT_CHUNK // max(1, rows * width))
     outs = []
     for b0 in range(0, batch, step):
-        a = _side_values(sides[0], cx, b0, b0 + step)
-        b = _side_values(sides[1], cx, b0, b0 + step)
+        a, b = (f if f is not None else _side_values(side, cx, b0, b0 + step)
+                for side, f in zip(sides, fixed))
         if a is None or b is None:
             return None
         if product:
-            outs.append(_matmul(a, b)[:, inv[0], inv[1]])
+            outs.append(pick(_matmul(a, b), inv[0], inv[1]))
         else:
             outs.append(_dot(a, b))
-        if a.shape[0] == 1 and b.shape[0] == 1:
-            break  # nothing varies over the batch
+        if not any(varies):
+            break  # nothing varies over the batch (a slice of one image does)
     return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
 
+def _lying(x):
+    """The (K, P*B) matrix a (B, P, K) operand from _side_values lies in (memory (K, P, B)),
+    or None when it is laid out otherwise."""
+    t = x.transpose(2, 1, 0)
+    return t.reshape(t.shape[0], -1) if t.flags.c_contiguous else None
+
+
 def _matmul(a, b):
-    """(Ba, Pa, K) x (Bb, Pb, K) -> (B, Pa, Pb), one BLAS call when one side is shared."""
+    """(Ba, Pa, K) x (Bb, Pb, K) -> (B, Pa, Pb), one BLAS call when one side is shared.  A
+    batched side as _side_values lays it out, (K, windows x batch), is multiplied as it lies:
+    one (Pb, K) x (K, Pa*B) product for every window and image at once."""
+    if b.shape[0] == 1 and a.shape[0] > 1 and _lying(a) is not None:
+        B, P, _ = a.shape
+        return (b[0] @ _lying(a)).reshape(-1, P, B).transpose(2, 1, 0)
+    if a.shape[0] == 1 and b.shape[0] > 1 and _lying(b) is not None:
+        B, P, _ = b.shape
+        return (a[0] @ _lying(b)).reshape(-1, P, B).transpose(2, 0, 1)
     if b.shape[0] == 1:
         B, P, K = a.shape
         return (a.reshape(B * P, K) @ b[0].T).reshape(B, P, -1)
@@ -111,21 +133,41 @@ def dot_plan(node, cls):
 
 def _side_values(side, cx, b0, b1):
     """(batch, windows, K) values read by one side of a Dot (batch slice b0:b1, or 1 when
-    nothing read varies over the batch); None when a read holds text or a boolean."""
-    parts = []
+    nothing read varies over the batch); None when a read holds text or a boolean.  The
+    gather runs on the sheets' (R, C, batch) memory, so each window cell moves a contiguous
+    batch vector straight into its place, and the result lies in memory as (K, windows,
+    batch): a (K, windows x batch) matrix for _matmul."""
+    reads = []
     for t, top, left, h, w in side:
         V, M = cx.V[t], cx.M[t]
         V = V[b0:b1] if V.shape[0] > 1 else V
-        ri = (top[:, None] + np.arange(h)).reshape(-1, h, 1)
-        ci = (left[:, None] + np.arange(w)).reshape(-1, 1, w)
-        vals = V[:, ri, ci]
-        r0, c0 = int(top.min()), int(left.min())
-        if not M[r0:int(top.max()) + h, c0:int(left.max()) + w].all():
-            off = ~M[ri, ci]  # empty cells read as 0 and are 0; text and booleans are not
-            if (vals[:, off] != 0).any():
-                return None
-        parts.append(vals.reshape(vals.shape[0], len(top), h * w))
-    if len(parts) > 1 and len({p.shape[0] for p in parts}) > 1:
-        size = max(p.shape[0] for p in parts)
-        parts = [np.broadcast_to(p, (size,) + p.shape[1:]) for p in parts]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+        rows = (top + np.arange(h)[:, None])[:, None, :]       # (h, 1, windows)
+        cols = (left + np.arange(w)[:, None])[None, :, :]      # (1, w, windows)
+        flat = (rows * M.shape[1] + cols).reshape(-1)          # cell (i, j) of window p
+        box = M[int(top.min()):int(top.max()) + h, int(left.min()):int(left.max()) + w]
+        reads.append((V, None if box.all() else M.reshape(-1)[flat], flat))
+    batch = max(V.shape[0] for V, _, _ in reads)
+    windows = len(side[0][1])
+    out = np.empty((sum(h * w for *_, h, w in side), windows, batch))
+    k = 0
+    for (V, numbers, flat), (t, top, left, h, w) in zip(reads, side):
+        dst = out[k:k + h * w].reshape(-1, batch)
+        k += h * w
+        src = V.transpose(1, 2, 0).reshape(-1, V.shape[0])    # (cells, batch): a view
+        if src.shape[1] == batch:
+            np.take(src, flat, axis=0, out=dst, mode="clip")   # flat is inside the sheet
+        else:
+            dst[...] = src[flat]
+        if numbers is not None and (dst[~numbers] != 0).any():
+            return None  # empty cells read as 0 and are 0; text and booleans are not
+    return out.transpose(2, 1, 0)
+
+
+def pick(x, i, j):
+    """x[:, i, j] of a (B, Pa, Pb) product, moving whole batch vectors when x lies in memory
+    as (Pa, Pb, B) or (Pb, Pa, B): (B, len(i)) whose memory is (len(i), B)."""
+    B, Pa, Pb = x.shape
+    for m, flat in ((x.transpose(1, 2, 0), i * Pb + j), (x.transpose(2, 1, 0), j * Pa + i)):
+        if m.flags.c_contiguous:
+            return np.take(m.reshape(-1, B), flat, axis=0, mode="clip").T
+    return x[:, i, j]
