@@ -506,7 +506,8 @@ def test_range_cycle_is_a_cycle(tmp_path):
     ("='no such'!A1+1", "unknown sheet"),
     ("=SUM(1,", "parse|ends"),
     ("=#REF!+1", "outside the sheet grid"),
-    ("=SUM(A:A)", "unsupported name|cannot parse|unexpected"),
+    ("=SUM(A:A)", "unknown name|unsupported name|cannot parse|unexpected"),
+    ("=nosuchname+1", "unknown name .nosuchname."),
     ("=IF(1)", "IF takes"),
 ])
 def test_bad_formulas_name_the_cell(tmp_path, formula, message):
@@ -961,3 +962,76 @@ def test_batch_equals_per_image_on_an_xlcnn_workbook(tmp_path):
         for sheet, values in want.items():
             np.testing.assert_allclose(got[sheet][b], values, rtol=1e-11, atol=1e-12, err_msg=sheet)
 
+
+# --------------------------------------------------------------------------- trace sheets' functions
+
+def _names_book(tmp_path):
+    """A workbook with sheet-scoped and global defined names, as trace sheets write them."""
+    path = tmp_path / "names.xlsx"
+    wb = xlsxwriter.Workbook(str(path))
+    t, d, o = wb.add_worksheet("my trace"), wb.add_worksheet("data"), wb.add_worksheet("other")
+    t.write("C3", 2)
+    t.write("C4", 1)
+    for r in range(3):
+        for c in range(3):
+            d.write(r, c, r * 10 + c)
+    d.write("A5", 7)
+    wb.define_name("'my trace'!row", "='my trace'!$C$3")
+    wb.define_name("'my trace'!col", "='my trace'!$C$4")
+    wb.define_name("other!row", "=other!$A$1")
+    wb.define_name("g", "=data!$A$5")
+    formulas = {
+        "D1": "=INDEX(data!A1:C3,row+1,col+1)", "D2": "=INDEX(CHOOSE(col+1,data!A1:C1,data!A2:C2),1,3)",
+        "D3": "=CHOOSE(3,1,2)", "D4": "=INDEX(data!A1:C3,4,1)",
+        "D5": "=SUMPRODUCT(data!A1:A3,INDEX(data!A1:C3,0,col+1))",
+        "D6": "=ISNUMBER(C3)", "D7": "=ISNUMBER(E9)", "D8": "=ISNUMBER(D9)", "D9": '=IF(row>1,"pad",1)',
+        "D10": "=MAX(D9,C4)", "D11": "=g*row", "D12": "=SUM(INDEX(data!A1:C3,row+1,0))", "D13": "=CHOOSE(0,1)",
+        "D14": "=INDEX(data!A1:C1,2)", "D15": "=INDEX(data!A1:C3,1,0)+1", "D16": "=CHOOSE(2,data!A1,data!B1)",
+        "D17": '="row"&"col"', "D18": "=INDEX(data!A1:C3,0,4)", "D19": "=ISNUMBER(\"1\")",
+    }
+    for a, f in formulas.items():
+        t.write_formula(a, f, None, 0)
+    o.write("A1", 5)
+    o.write_formula("A2", "=row+1", None, 0)
+    wb.close()
+    return read_workbook(path)
+
+
+def test_defined_names_are_read_and_resolved_by_scope(tmp_path):
+    book = _names_book(tmp_path)
+    assert book.defined_names[("my trace", "row")] == "'my trace'!$C$3"
+    assert book.defined_names[(None, "g")] == "data!$A$5"
+    r = evaluate(book)
+    assert r.value("my trace", 0, 3) == 21.0        # INDEX(data, 3, 2) through the sheet's own names
+    assert r.value("my trace", 10, 3) == 14.0       # a workbook name times a sheet name
+    assert r.value("other", 1, 0) == 6.0            # the other sheet's own `row`
+    assert r.value("my trace", 16, 3) == "rowcol"   # names inside strings stay text
+
+
+def test_index_choose_isnumber(tmp_path):
+    r = evaluate(_names_book(tmp_path))
+    v = [r.value("my trace", i, 3) for i in range(19)]
+    assert v[1] == 12.0                      # INDEX over the range CHOOSE picked
+    assert math.isnan(v[2])                  # CHOOSE index past its options: #VALUE!
+    assert math.isnan(v[3])                  # INDEX past the range: #REF!
+    assert v[4] == 0 * 1 + 10 * 11 + 20 * 21  # INDEX(..., 0, k): the whole column
+    assert (v[5], v[6], v[7]) == (1.0, 0.0, 0.0)  # a number, an empty cell, a text result
+    assert v[8] == "pad" and v[9] == 1.0     # IF may give text; MAX skips it
+    assert v[11] == 20 + 21 + 22             # INDEX(..., k, 0): the whole row
+    assert math.isnan(v[12])                 # CHOOSE(0, ...): #VALUE!
+    assert v[13] == 1.0                      # one index along a one-row range
+    assert math.isnan(v[14])                 # a whole row as one value: #VALUE!
+    assert v[15] == 1.0
+    assert math.isnan(v[17])                 # column 4 of a 3-column range: #REF!
+    assert v[18] == 0.0                      # text is not a number
+
+
+def test_choose_and_index_per_cell(tmp_path):
+    """The index may differ from cell to cell of one formula shape."""
+    cells = {"A1": 1, "A2": 2, "A3": 3, "B1": 10, "B2": 20, "B3": 30, "C1": 1, "C2": 2, "C3": 3}
+    for i in range(1, 4):
+        cells[f"D{i}"] = f"=CHOOSE(C{i},A{i},B{i},5)"
+        cells[f"E{i}"] = f"=INDEX($A$1:$B$3,C{i},2)"
+    r = evaluate(make_book(tmp_path, {"S": cells}))
+    assert [r.value("S", i, 3) for i in range(3)] == [1.0, 20.0, 5.0]
+    assert [r.value("S", i, 4) for i in range(3)] == [10.0, 20.0, 30.0]

@@ -135,3 +135,16 @@ def test_adding_a_toy_layer_is_one_class(tmp_path):
     finally:
         from xlcnn.layers.base import HANDLERS
         HANDLERS.pop("ToyDouble", None)
+
+
+def test_footprint_of_a_wide_convolution_counts_kernel_blocks_not_a_flat_row():
+    """A 3x3 Conv2D from 96 to 96 channels: its weight sheet is 96 blocks down and 96 across
+    (389 rows x 387 columns), far inside Excel's 16,384 columns; a flat estimate would refuse it."""
+    spec = LayerSpec(kind="Conv2D", name="wide", config={
+        "filters": 96, "kernel_size": (3, 3), "strides": (1, 1), "padding": "valid", "data_format": "channels_last",
+        "dilation_rate": (1, 1), "groups": 1, "activation": "linear", "use_bias": True},
+        weights=[np.zeros((3, 3, 96, 96)), np.zeros(96)], weight_names=["kernel", "bias"],
+        params=3 * 3 * 96 * 96 + 96, output_shape=(6, 6, 96))
+    fp = writer_for(spec).plan([(8, 8, 96)])
+    assert fp.cols < 16_384 and fp.cols == 96 * (3 + 1) + 3
+    assert fp.rows == 96 * (3 + 1) + 6 and fp.sheets == 96 + 1   # the header rows and the bias row

@@ -94,6 +94,7 @@ def assert_junit_matches(rep, parsed):
     stages = rep["stages"]
     checks = [] if rep.get("keras_compared", True) else [v.CHECK_KERAS]
     checks += [v.CHECK_CACHED, v.CHECK_CONSTANTS, v.CHECK_LINT]
+    checks += [v.CHECK_TRACE] if rep.get("traces_checked") or rep.get("trace_problems") else []
     checks += [v.CHECK_TOP1] if rep["predicted_keras"] is not None else []
     checks += [v.CHECK_IMAGES] if rep["images"] else []
     assert len(cases) == len(stages) + len(checks) == int(suite["tests"])

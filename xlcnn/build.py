@@ -27,6 +27,7 @@ from .layers.placement import square_cells
 from .layout import (FIRST_COL, FIRST_ROW, SheetNames, Tensor, current_language, reset_language, set_language, style,
                      text)
 from .navigation import write_navigation
+from .trace import write_traces
 from .overview import write_overview
 from .workbook import Book
 
@@ -93,9 +94,9 @@ def default_scale(loaded):
 
 
 def build(model_path, image_path, out_path, force=False, invert="auto", scale=None, progress=None,
-          weights=None, lang="en"):
+          weights=None, lang="en", trace=True):
     started = time.perf_counter()
-    say = progress or (lambda _msg: None)
+    say = progress or (lambda *_: None)
     # cheapest checks first: a wrong output path or a bad image is refused in a fraction of a
     # second, before the model is read and TensorFlow is imported
     out = check_output(out_path, force)
@@ -128,6 +129,7 @@ def build(model_path, image_path, out_path, force=False, invert="auto", scale=No
         tmp.touch()  # claim the name now: an interrupted build removes it below
         book = Book(tmp)
         stages = _write_stages(book, loaded, writers, prepared, layout, say)
+        loaded.notes.extend(write_traces(book, stages, trace, say))   # trace sheets (xlcnn/trace.py)
         say("writing the overview")
         is_probability = output_is_probability(stages[-1].writer)
         predicted, probability = write_overview(book, loaded, stages, prepared, Path(image_path), out,
@@ -188,7 +190,7 @@ def _write_stages(book, loaded, writers, prepared, layout, say):
     downstream = _downstream_data_formats(writers)
     for k, (writer, reads) in enumerate(writers, start=2):
         step = _step(k, total)
-        say(f"{step} {writer.name} ({writer.kind})")
+        say(f"{step} {writer.name} ({writer.kind})", k, total)
         inputs = [tensors[name] for name in reads]
         ctx = Context(book, names, step, downstream.get(writer.name), borders.get(writer.name, NO_BORDER))
         before = len(book.sheets)

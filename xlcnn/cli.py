@@ -43,6 +43,9 @@ def _parser():
                    help="multiply pixels by this (default 1/255; 1 for models that start with Rescaling)")
     b.add_argument("--lang", choices=["en", "ja"], default="en",
                    help="the language of the workbook's texts (titles, explanations); the terminal stays English")
+    b.add_argument("--no-trace", action="store_true",
+                   help="leave out the trace sheets (one per convolution, pooling and Dense stage, where you "
+                        "type a channel, row and col and see how that output value is made)")
     b.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
     v = sub.add_parser("verify", help="re-evaluate every formula and compare every stage with Keras")
@@ -68,9 +71,17 @@ def _parser():
 
 
 def _progress(quiet):
+    """Progress on a terminal only: one line per step, and for the stages a bar with counts."""
     if quiet or not sys.stderr.isatty():
         return None
-    return lambda msg: print(f"  … {msg}", file=sys.stderr, flush=True)
+
+    def show(msg, done=None, total=None):
+        if done is None or not total:
+            print(f"  … {msg}", file=sys.stderr, flush=True)
+            return
+        filled = round(20 * done / total)
+        print(f"  [{'#' * filled}{'.' * (20 - filled)}] {done}/{total} {msg}", file=sys.stderr, flush=True)
+    return show
 
 
 def _build(args):
@@ -78,7 +89,8 @@ def _build(args):
     from .image import parse_scale
     scale = parse_scale(args.scale) if args.scale is not None else None
     result = build(args.model, args.image, args.output, force=args.force, invert=args.invert, scale=scale,
-                   progress=_progress(args.quiet), weights=args.weights, lang=args.lang)
+                   progress=_progress(args.quiet), weights=args.weights, lang=args.lang,
+                   trace=not args.no_trace)
     if not args.quiet:
         for step in result.preprocessing:
             print(f"input: {step}")

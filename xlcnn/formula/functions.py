@@ -97,12 +97,23 @@ def _aggregate(args, kind):
 
 def f_if(cond, yes=np.float64(0.0), no=np.float64(0.0)):
     c = num(cond)
+    if np.ndim(c) != 0 and (isinstance(yes, str) or isinstance(no, str)):
+        c = _uniform(c)  # a text branch: the condition must be one for all cells (else #VALUE!)
     if np.ndim(c) == 0:  # one condition for all cells: pick the branch (may be text)
         if np.isnan(c):
             return NAN
         return yes if c != 0 else no
     out = np.where(c != 0, num(yes), num(no))
     return np.where(np.isnan(c), np.nan, out)
+
+
+def _uniform(x):
+    """x as one number when every cell (and batch entry) holds the same one, else NaN: a result
+    that would be text in some cells and a number in others is not represented (#VALUE!)."""
+    flat = np.ravel(x)
+    if flat.size and not np.isnan(flat[0]) and (flat == flat[0]).all():
+        return np.float64(flat[0])
+    return NAN
 
 
 _erf_object = np.frompyfunc(math.erf, 1, 1)
@@ -154,25 +165,106 @@ def f_match(value, rng, mode=np.float64(1.0)):
 
 
 def f_index(rng, row, col=None):
+    """INDEX(range, row[, col]), 1-based.  One number is picked per cell (the row and column
+    may differ from cell to cell); an index past the range is #REF! (NaN).  Row 0 (or column 0)
+    gives the whole column (row) as a range, as SUMPRODUCT(x, INDEX(W, 0, k)) reads it; a single
+    index into a one-row or one-column range counts along it."""
     r = as_range(rng)
     vals = r.vals
     b, m, h, w = vals.shape
     i = np.floor(num(row))
     if col is None:  # one index into a single row or column
         if h != 1 and w != 1:
-            return NAN  # a whole row/column result is not supported
-        k = i - 1
+            return NAN  # #REF!: a 2-D range needs a row and a column
+        if w == 1:
+            i, j = i, np.float64(1.0)
+        else:
+            i, j = np.float64(1.0), i
     else:
         j = np.floor(num(col))
-        k = np.where((i < 1) | (i > h) | (j < 1) | (j > w), -1, (i - 1) * w + (j - 1))
+    if np.ndim(i) == 0 and i == 0 or np.ndim(j) == 0 and j == 0:
+        return _index_line(r, i, j)
+    bad = (i < 1) | (i > h) | (j < 1) | (j > w) | np.isnan(i) | np.isnan(j)
+    k = np.where(bad, 0, (np.where(bad, 1, i) - 1) * w + (np.where(bad, 1, j) - 1))
     n = h * w
-    ok = (k >= 0) & (k < n)
-    kk = np.where(ok, k, 0).astype(np.int64)
+    kk = np.asarray(k).astype(np.int64)
     flat = vals.reshape(b, m, n)
     shape = np.broadcast_shapes((b, m), np.shape(kk))
     picked = np.take_along_axis(np.broadcast_to(flat, shape + (n,)),
                                 np.broadcast_to(kk, shape)[..., None], -1)[..., 0]
-    return np.where(ok, picked, np.nan)
+    return np.where(bad, np.nan, picked)
+
+
+def _index_line(r, i, j):
+    """INDEX with row 0 or column 0: the whole column j (or row i) of r as a range; the other
+    index must be the same for every cell (a per-cell column would need a ragged gather)."""
+    h, w = r.vals.shape[-2:]
+    whole_col = np.ndim(i) == 0 and i == 0
+    other = j if whole_col else i
+    other = np.float64(other) if np.ndim(other) == 0 else _uniform(other)
+    if other == 0:
+        return r  # INDEX(range, 0, 0): the range itself
+    if np.isnan(other) or other < 1 or other > (w if whole_col else h):
+        return NAN  # #REF!
+    k = int(other) - 1
+    cut = (Ellipsis, slice(None), slice(k, k + 1)) if whole_col else (Ellipsis, slice(k, k + 1), slice(None))
+    return Rng(r.vals[cut], None if r.mask is None else r.mask[cut])
+
+
+def f_choose(index, *options):
+    """CHOOSE(k, v1, ..., vn): the k-th value, reference or range (k truncated); k outside 1..n
+    is #VALUE!.  k may differ from cell to cell when the options are numbers, single cells or
+    ranges of one shape."""
+    k = np.floor(num(index))
+    n = len(options)
+    if np.ndim(k) != 0:
+        u = _uniform(k)
+        if not np.isnan(u):
+            k = u
+    if np.ndim(k) == 0:
+        if np.isnan(k) or not 1 <= k <= n:
+            return NAN
+        return options[int(k) - 1]
+    # per-cell choice: every option as a range of one shape, picked cell by cell
+    if any(isinstance(o, str) for o in options):
+        return NAN
+    rs = [as_range(o) for o in options]
+    shape = rs[0].vals.shape[-2:]
+    if any(x.vals.shape[-2:] != shape for x in rs):
+        return NAN
+    lead = np.broadcast_shapes(np.shape(k), *(x.vals.shape[:2] for x in rs))
+    stacked = np.stack([np.broadcast_to(x.vals, lead + shape) for x in rs])
+    pick = np.where((k >= 1) & (k <= n), k - 1, 0).astype(np.int64)
+    pick = np.broadcast_to(pick, lead)
+    vals = np.take_along_axis(stacked, pick[None, ..., None, None], 0)[0]
+    vals = np.where(((k >= 1) & (k <= n))[..., None, None] if np.ndim(k) else True, vals, np.nan)
+    if all(x.mask is None for x in rs):
+        mask = None
+    else:
+        cells = lead[1]
+        masks = np.stack([np.broadcast_to(np.ones((1,) + shape, bool) if x.mask is None else x.mask,
+                                          (cells,) + shape) for x in rs])
+        pm = np.broadcast_to(pick, lead)[0]  # the mask has no batch axis: the first entry's choice
+        mask = np.take_along_axis(masks, pm[None, :, None, None], 0)[0]
+    if tuple(shape) == (1, 1) and mask is None:
+        return vals[..., 0, 0]
+    return Rng(vals, mask)
+
+
+def f_isnumber(x):
+    """ISNUMBER: a cell holding a number (not empty, text or an error), or a number value."""
+    if isinstance(x, str):
+        return np.float64(0.0)
+    if isinstance(x, Rng):
+        if x.vals.shape[-2:] != (1, 1):
+            return NAN
+        v = x.vals[..., 0, 0]
+        ok = ~np.isnan(v)
+        if x.mask is not None:
+            ok = ok & x.mask[..., 0, 0]
+        return ok.astype(np.float64)
+    v = num(x)
+    return (~np.isnan(v)).astype(np.float64) if np.ndim(v) else np.float64(not np.isnan(v))
 
 
 def _unary(fn):
@@ -227,4 +319,6 @@ FUNCTIONS.update({
     "NOT": (lambda x: np.asarray(num(x) == 0, np.float64)[()], 1, 1, False),
     "MATCH": (f_match, 2, 3, True),
     "INDEX": (f_index, 2, 3, True),
+    "CHOOSE": (f_choose, 2, 255, True),
+    "ISNUMBER": (f_isnumber, 1, 1, True),
 })

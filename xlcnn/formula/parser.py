@@ -120,6 +120,40 @@ def shift_formula(text, drow, dcol):
     return shifter(text)(drow, dcol)
 
 
+# --------------------------------------------------------------------------- defined names
+
+_NAME_TOKEN = re.compile(r"(?<![\w.$\\])([A-Za-z_\\][\w.\\]*)(?![\w.(!\\])")
+_PLAIN_REFERENCE = re.compile(r"(?:'(?:[^']|'')*'|[A-Za-z_][\w.]*)!\$?[A-Z]{1,3}\$?[0-9]{1,7}"
+                              r"(?::\$?[A-Z]{1,3}\$?[0-9]{1,7})?")
+
+
+def resolve_names(text, names):
+    """``text`` with every defined name it uses replaced by what the name stands for.
+
+    names: {lower-case name: definition text without '='}, the names in scope for the formula's
+    sheet (its sheet-scoped names over the workbook's).  A definition that is a plain reference
+    ('trace'!$C$3, Sheet1!$A$1:$B$2) is put in as it is, anything else in parentheses.  Names
+    inside strings, quoted sheet names, function names and cell references are left alone; a
+    name not in ``names`` stays, and the parser reports it."""
+    parts = SPLIT.split(text)
+
+    def put(m):
+        target = names.get(m.group(1).lower())
+        if target is None:
+            return m.group(0)
+        return target if _PLAIN_REFERENCE.fullmatch(target) else f"({target})"
+
+    for k in range(0, len(parts), STRIDE):
+        if parts[k]:
+            parts[k] = _NAME_TOKEN.sub(put, parts[k])
+    out = []
+    for k, piece in enumerate(parts):
+        if piece is None:
+            continue
+        out.append(piece)
+    return "".join(out)
+
+
 # --------------------------------------------------------------------------- AST
 
 class Num(NamedTuple):
@@ -298,7 +332,7 @@ class _Parser:
             self.i -= 1
             return self.reference(None)
         if kind == "name":
-            raise FormulaError(f"unsupported name {value!r} (defined names and R1C1 refs are not supported)")
+            raise FormulaError(f"unknown name {value!r} (not a defined name in scope; R1C1 refs are not supported)")
         if kind == "end":
             raise FormulaError("formula ends unexpectedly")
         raise FormulaError(f"unexpected {value!r}")

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .parser import (FormulaError, MAX_COLS, MAX_ROWS, cell_name, col_index, col_letters,
-                     shifter)
+                     resolve_names, shifter)
 
 DEFAULT_MAX_TOTAL = 2 << 30        # 2 GiB of declared uncompressed data
 DEFAULT_MAX_RATIO = 200            # compression ratio that marks a member as a bomb...
@@ -55,6 +55,9 @@ class Book:
         self._dense = {}                # sheet -> cached sheet_array
         self._lower = {s.lower(): s for s in sheets}
         self.program = None             # the evaluator's compiled Program, built on first use
+        # defined names: {(sheet, name) for a sheet-scoped one, (None, name) for the workbook's:
+        # definition text without '='}; formulas are read with the names in scope put in
+        self.defined_names = {}
 
     def sheet_name(self, sheet):
         """The workbook's spelling of ``sheet`` (names are case-insensitive, as in Excel)."""
@@ -536,12 +539,43 @@ def _interpret(book, sheet, cells, strings):
         frows.append(row)
         fcols.append(col)
         ftexts.append(shift(row - mrow, col - mcol))
+    ftexts = _with_names(book, sheet, ftexts)
     book.formulas.update(zip(zip(itertools.repeat(sheet), frows, fcols), ftexts))
     book._fcells[sheet] = (frows, fcols, ftexts)
     # Constants and formulas beyond Excel's grid mean a malformed file, not a big sheet.
     rows, cols, _ = book._num[sheet]
     if len(rows) and (rows.max() >= MAX_ROWS or cols.max() >= MAX_COLS or rows.min() < 0):
         raise WorkbookError(f"sheet {sheet!r} has a cell outside the {MAX_ROWS}x{MAX_COLS} grid")
+
+
+# --------------------------------------------------------------------------- defined names
+
+def _defined_names(root, order):
+    """{(sheet or None, name): definition} from workbook.xml's <definedNames>; ``order`` lists
+    the sheet names in <sheets> order, which a name's localSheetId counts."""
+    found = {}
+    for el in root.iter():
+        if _local(el.tag) != "definedName" or not el.get("name"):
+            continue
+        local = el.get("localSheetId")
+        try:
+            scope = None if local is None else order[int(local)]
+        except (ValueError, IndexError):
+            continue  # a scope that names no sheet: the name is unusable
+        found[(scope, el.get("name"))] = (el.text or "").strip().removeprefix("=")
+    return found
+
+
+def _with_names(book, sheet, texts):
+    """Formula texts with the defined names in scope on ``sheet`` put in (resolve_names)."""
+    if not book.defined_names:
+        return texts
+    names = {n.lower(): t for (scope, n), t in book.defined_names.items() if scope is None}
+    names.update({n.lower(): t for (scope, n), t in book.defined_names.items() if scope == sheet})
+    if not names:
+        return texts
+    candidate = re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)), re.I)
+    return [resolve_names(t, names) if candidate.search(t) else t for t in texts]
 
 
 # --------------------------------------------------------------------------- entry point
@@ -559,10 +593,12 @@ def read_workbook(path, *, max_total_size=DEFAULT_MAX_TOTAL, max_ratio=DEFAULT_M
         if wb_part not in zf.NameToInfo:
             raise WorkbookError(f"{path}: no workbook part ({wb_part}) in the zip")
         rels = _rels(zf, wb_part)
-        names, parts = [], []
-        for el in ET.fromstring(_read_member(zf, wb_part)).iter():
+        names, parts, order = [], [], []
+        root = ET.fromstring(_read_member(zf, wb_part))
+        for el in root.iter():
             if _local(el.tag) != "sheet":
                 continue
+            order.append(el.get("name"))
             rid = next((x for k, x in el.attrib.items() if _local(k) == "id"), None)
             if rid in rels and rels[rid][1] in zf.NameToInfo:
                 names.append(el.get("name"))
@@ -574,6 +610,7 @@ def read_workbook(path, *, max_total_size=DEFAULT_MAX_TOTAL, max_ratio=DEFAULT_M
                    "xl/sharedStrings.xml")
         strings = _shared_strings(zf, sst)
         book = Book(path, [n for n, _ in kept])
+        book.defined_names = _defined_names(root, order)
         for name, part in kept:
             _interpret(book, name, _parse_sheet(_read_member(zf, part)), strings)
     return book

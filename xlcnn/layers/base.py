@@ -182,9 +182,13 @@ class LayerWriter:
         if self.params():
             fp.sheets += 1
             biggest = max(self.spec.weights, key=np.size) if self.spec.weights else np.zeros(1)
-            rows = biggest.shape[0] if biggest.ndim else 1
-            cols = int(np.size(biggest) // max(rows, 1))
-            fp.grow(rows + HEADER_ROWS + 1, cols + 1, f"{self.name} weights")
+            shape = biggest.shape or (1,)
+            if len(shape) <= 2:        # a vector or a matrix: rows = inputs, columns = outputs
+                rows, cols = shape[0], (shape[1] if len(shape) == 2 else 1)
+            else:                      # a kernel (k..., in, out): a block per (out, in) pair
+                rows = shape[-1] * (shape[0] + 1)
+                cols = shape[-2] * (int(np.prod(shape[1:-2])) + 1)
+            fp.grow(rows + HEADER_ROWS + 1, cols + 3, f"{self.name} weights")
         return fp
 
     def describe(self):

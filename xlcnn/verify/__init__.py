@@ -25,22 +25,23 @@ from ..errors import XlcnnError
 from ..formula import cell_name
 from .checks import (CACHED_RTOL, EXCEL_MAX_ARGS, EXCEL_MAX_FORMULA, EXCEL_MAX_NESTING, PORTABLE_FUNCTIONS,
                      check_cached, constants_on_stage_sheets, formula_problems, formula_table, lint,
-                     missing_formulas, stage_cells)
+                     missing_formulas, stage_cells, trace_checks)
 from .compare import DEFAULT_ATOL, DEFAULT_RTOL, IMAGE_SUFFIXES, StageResult, compare_batch, compare_stage, locate
 from .engines import input_overrides, libreoffice_values, prepare_like
 from .reading import constant_block, open_workbook, read_contract, resolve_model, sheet_rows
-from .report import (CHECK_CACHED, CHECK_CLASS, CHECK_CONSTANTS, CHECK_IMAGES, CHECK_LINT, CHECK_TOP1, Check, Report,
+from .report import (CHECK_CACHED, CHECK_CLASS, CHECK_CONSTANTS, CHECK_IMAGES, CHECK_LINT, CHECK_TOP1, CHECK_TRACE,
+                     Check, Report,
                      CHECK_KERAS, NO_KERAS,
                      format_report, github_annotations, junit_xml, output_path,
                      stage_failure, workbook_checks, write_atomically)
 
-__all__ = ["CACHED_RTOL", "CHECK_CACHED", "CHECK_CLASS", "CHECK_CONSTANTS", "CHECK_IMAGES", "CHECK_LINT", "CHECK_TOP1", "CHECK_KERAS", "NO_KERAS",
+__all__ = ["CACHED_RTOL", "CHECK_CACHED", "CHECK_CLASS", "CHECK_CONSTANTS", "CHECK_IMAGES", "CHECK_LINT", "CHECK_TOP1", "CHECK_TRACE", "CHECK_KERAS", "NO_KERAS",
            "Check", "DEFAULT_ATOL", "DEFAULT_RTOL", "EXCEL_MAX_ARGS", "EXCEL_MAX_FORMULA", "EXCEL_MAX_NESTING",
            "IMAGE_SUFFIXES", "PORTABLE_FUNCTIONS", "Report", "StageResult", "check_cached", "compare_batch",
            "compare_stage", "constant_block", "constants_on_stage_sheets", "format_report", "github_annotations",
            "formula_problems", "formula_table", "input_overrides", "junit_xml", "libreoffice_values", "lint", "locate", "missing_formulas", "open_workbook",
            "prepare_like", "read_contract", "resolve_model", "run_cli", "sheet_rows", "stage_cells",
-           "stage_failure", "verify", "workbook_checks", "write_atomically"]
+           "stage_failure", "trace_checks", "verify", "workbook_checks", "write_atomically"]
 
 
 def verify(workbook, model=None, image=None, atol=None, rtol=None, engine="numpy", images_dir=None,
@@ -111,6 +112,8 @@ def verify(workbook, model=None, image=None, atol=None, rtol=None, engine="numpy
         bad = check_cached(book, cells)
         report.cached_mismatches = len(bad)
         report.cached_examples = [f"{cell_name(*k)}: cached {c!r}, formulas give {g:.9g}" for k, g, c in bad[:5]]
+    # the trace sheets recompute one output cell each: it must equal the stage's own cell
+    report.trace_problems, report.traces_checked = trace_checks(book, entries, cells)
     try:
         groups = formula_groups(book)
     except FormulaError:  # the LibreOffice engine ran on a book the NumPy engine cannot compile
@@ -134,6 +137,7 @@ def verify(workbook, model=None, image=None, atol=None, rtol=None, engine="numpy
     failing = [s for s in report.stages if not s.passed]
     report.first_failure = failing[0].layer if failing else None
     report.passed = not (failing or report.cached_mismatches or report.constant_cells or report.lint
+                         or report.trace_problems
                          or (report.predicted_workbook != report.predicted_keras)
                          or (report.top1_agreement is not None and report.top1_agreement < 1.0))
     return report

@@ -17,6 +17,7 @@ CACHED_RTOL = 1e-9
 PORTABLE_FUNCTIONS = {
     "SUMPRODUCT", "SUM", "MAX", "MIN", "AVERAGE", "EXP", "LN", "LOG10", "TANH", "SQRT", "ABS", "IF",
     "ERF", "POWER", "COUNT", "MATCH", "INDEX", "ROUND", "INT", "SIGN", "AND", "OR", "NOT",
+    "CHOOSE", "ISNUMBER",
 }
 
 
@@ -215,3 +216,71 @@ def check_cached(book, values):
         for i in np.flatnonzero(wrong).tolist():
             bad.append(((sheet, rows[i], cols[i]), float(got[i]), cached[i]))
     return bad
+
+
+TRACE_NAMES = ("layer", "channel", "row", "col", "value")
+_NAME_CELL = re.compile(r"^(?:'((?:[^']|'')*)'|([^'!]+))!\$?([A-Z]{1,3})\$?([0-9]{1,7})$")
+
+
+def _name_cell(target):
+    """(sheet, row, col) of a defined name that stands for one cell, else None."""
+    m = _NAME_CELL.match(target.strip())
+    if m is None:
+        return None
+    from ..formula.parser import col_index
+    sheet = m.group(1).replace("''", "'") if m.group(1) is not None else m.group(2)
+    return sheet, int(m.group(4)) - 1, col_index(m.group(3))
+
+
+def trace_checks(book, entries, values):
+    """The trace sheets' contract (xlcnn/trace.py): each sheet defining the sheet-scoped name `value`
+    also names `layer` and `channel` (and `row`, `col` for a map), each one cell, and its `value`
+    equals the stage's own cell at that position (the manifest says where), within CACHED_RTOL.
+    ``values(sheet, rows, cols)`` gives evaluated numbers.  Returns (problems, traces checked)."""
+    scoped = {}
+    for (scope, name), target in book.defined_names.items():
+        if scope is not None and name.lower() in TRACE_NAMES:
+            scoped.setdefault(scope, {})[name.lower()] = target
+    problems, checked = [], 0
+    for sheet, names in scoped.items():
+        if "value" not in names:
+            continue
+        cells = {n: _name_cell(t) for n, t in names.items()}
+        bad = [n for n in ("layer", "channel", "value") if cells.get(n) is None]
+        if bad:
+            problems.append(f"trace sheet {sheet!r}: name(s) {', '.join(bad)} missing or not one cell")
+            continue
+
+        def number(n):
+            return 0.0 if cells.get(n) is None else number_at(values, cells[n])
+
+        layer = book.value(cells["layer"][0], *cells["layer"][1:])
+        rows = [e for e in entries if e.layer == layer]
+        if not rows:
+            problems.append(f"trace sheet {sheet!r}: layer {layer!r} is not in the manifest")
+            continue
+        channel, row, col = number("channel"), number("row"), number("col")
+        if rows[0].channel is None:
+            entry, r, c = rows[0], int(channel), 0
+        else:
+            entry = next((e for e in rows if e.channel == channel), None)
+            r, c = int(row), int(col)
+        inside = entry is not None and 0 <= r <= entry.range[2] - entry.range[0] and \
+            0 <= c <= entry.range[3] - entry.range[1]
+        if not inside:
+            problems.append(f"trace sheet {sheet!r}: position channel {channel:g}, row {row:g}, col {col:g} is "
+                            f"outside {layer!r}")
+            continue
+        stage = (entry.sheet, entry.range[0] + r, entry.range[1] + c)
+        want = number_at(values, stage)
+        got = number("value")
+        checked += 1
+        if not (np.isfinite(got) and np.isfinite(want) and abs(got - want) <= CACHED_RTOL * max(1.0, abs(want))):
+            problems.append(f"{cell_name(*cells['value'])}: the trace of {layer!r} gives {got:.9g}, the stage's own "
+                            f"cell {cell_name(*stage)} {want:.9g}")
+    return problems, checked
+
+
+def number_at(values, cell):
+    sheet, r, c = cell
+    return float(np.asarray(values(sheet, [r], [c])).reshape(-1)[0])

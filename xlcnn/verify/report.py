@@ -38,6 +38,8 @@ class Report:
     atol: float = DEFAULT_ATOL
     rtol: float = DEFAULT_RTOL
     keras_compared: bool = True   # False: --no-keras, the workbook checked alone
+    traces_checked: int = 0       # trace sheets whose `value` was compared with the stage's cell
+    trace_problems: list = field(default_factory=list)
 
     def to_dict(self):
         d = asdict(self)
@@ -78,6 +80,10 @@ def format_report(r):
     if r.constant_cells:
         lines.append(f"{len(r.constant_cells):,} stage cells hold a constant where a formula belongs, first "
                      f"{r.constant_cells[0]}")
+    if r.trace_problems:
+        lines.append(f"trace sheets: {len(r.trace_problems)} problem(s), first {r.trace_problems[0]}")
+    elif r.traces_checked:
+        lines.append(f"trace sheets: all {r.traces_checked} give their stage's value")
     for p in r.lint[:10]:
         lines.append(f"lint: {p}")
     if len(r.lint) > 10:
@@ -111,6 +117,9 @@ CHECK_LINT = "Excel limits and portable functions"
 
 
 CHECK_TOP1 = "top-1 prediction agrees with Keras"
+
+
+CHECK_TRACE = "trace sheets give their stage's value"
 
 
 CHECK_IMAGES = "top-1 agreement over --images"
@@ -168,6 +177,13 @@ def workbook_checks(r):
         limits.message = f"{len(r.lint):,} problem(s), first: {r.lint[0]}"
         limits.detail = "\n".join(r.lint[:200])
     checks.append(limits)
+    if r.traces_checked or r.trace_problems:
+        traces = Check(CHECK_TRACE, kind="TraceMismatch")
+        if r.trace_problems:
+            traces.passed = False
+            traces.message = f"{len(r.trace_problems)} problem(s), first: {r.trace_problems[0]}"
+            traces.detail = "\n".join(r.trace_problems[:200])
+        checks.append(traces)
     if r.predicted_keras is not None or r.predicted_workbook is not None:
         top1 = Check(CHECK_TOP1, kind="Top1Disagreement")
         if r.predicted_workbook != r.predicted_keras:
