@@ -287,8 +287,14 @@ def _write_input(book, names, step, loaded, x, layout, channel_names=None, borde
             sheet.ws.write_string(FIRST_ROW - 1, c0 + j, str(j), book.fmt_axis)
         for i in range(h):
             sheet.ws.write_string(r0 + i, 0, str(i), book.fmt_axis)
-        sheet.numbers(r0, c0, chw[c])
-        sheet.color_scale(r0, c0, r0 + h - 1, c0 + w - 1, "input_scale")
+        fmt = book.wb.add_format({"num_format": "0.0" if hi == 1.0 else "0"}) if tint else \
+            book.wb.add_format({"num_format": number_format})
+        sheet.numbers(r0, c0, chw[c], fmt)
+        sheet.ws.conditional_format(r0, c0, r0 + h - 1, c0 + w - 1, {
+            "type": "2_color_scale", "min_type": "num", "min_value": lo, "max_type": "num", "max_value": hi,
+            "min_color": "#FFFFFF" if tint else scale["min_color"], "max_color": tint or scale["max_color"]})
+        sheet.label(r0 + h + bottom + 1, 0, text("stage.legend"), book.fmt_axis)
+        sheet.label(r0 + h + bottom + 1, c0, text("stage.input_range", lo=f"{lo:g}", hi=f"{hi:g}"), book.fmt_explain)
         t.places.append((name, r0, c0))
     return t
 
