@@ -636,7 +636,8 @@ def test_sheet_order_from_workbook_xml_and_string_kinds(tmp_path):
 def test_namespaced_xml_and_cells_without_r(tmp_path):
     body = ('<x:row r="2"><x:c r="A2"><x:v>4</x:v></x:c><x:c><x:v>6</x:v></x:c>'
             '<x:c><x:f>A2+B2</x:f></x:c></x:row><x:row><x:c><x:v>1</x:v></x:c></x:row>')
-    xml = (lambda d: f'<x:worksheet xmlns:x="{MAIN}"><x:sheetData>{d}</x:sheetData></x:worksheet>')
+    def xml(d):
+        return (f'<x:worksheet xmlns:x="{MAIN}"><x:sheetData>{d}</x:sheetData></x:worksheet>')
     book = read_workbook(handmade(tmp_path / "n.xlsx", [("N", "n.xml", body)], sheet_xml=xml))
     assert book.value("N", 1, 1) == 6.0 and book.value("N", 2, 0) == 1.0
     assert book.formulas[("N", 1, 2)] == "A2+B2"

@@ -133,7 +133,8 @@ def annotations(out):
         m = re.fullmatch(r"::(error|warning) title=([^:]*)::(.*)", line)
         if m:
             title = m.group(2).replace("%3A", ":").replace("%2C", ",")
-            unescape = (lambda t: t.replace("%0D", "\r").replace("%0A", "\n").replace("%25", "%"))
+            def unescape(t):
+                return (t.replace("%0D", "\r").replace("%0A", "\n").replace("%25", "%"))
             found.append((m.group(1), unescape(title), unescape(m.group(3))))
         else:
             assert not line.startswith("::"), line

@@ -35,12 +35,13 @@ from .report import (CHECK_CACHED, CHECK_CLASS, CHECK_CONSTANTS, CHECK_IMAGES, C
                      format_report, github_annotations, junit_xml, output_path,
                      stage_failure, workbook_checks, write_atomically)
 
-__all__ = ["CACHED_RTOL", "CHECK_CACHED", "CHECK_CLASS", "CHECK_CONSTANTS", "CHECK_IMAGES", "CHECK_LINT", "CHECK_TOP1", "CHECK_TRACE", "CHECK_KERAS", "NO_KERAS",
-           "Check", "DEFAULT_ATOL", "DEFAULT_RTOL", "EXCEL_MAX_ARGS", "EXCEL_MAX_FORMULA", "EXCEL_MAX_NESTING",
-           "IMAGE_SUFFIXES", "PORTABLE_FUNCTIONS", "Report", "StageResult", "check_cached", "compare_batch",
-           "compare_stage", "constant_block", "constants_on_stage_sheets", "format_report", "github_annotations",
-           "formula_problems", "formula_table", "input_overrides", "junit_xml", "libreoffice_values", "lint", "locate", "missing_formulas", "open_workbook",
-           "prepare_like", "read_contract", "resolve_model", "run_cli", "sheet_rows", "stage_cells",
+__all__ = ["CACHED_RTOL", "CHECK_CACHED", "CHECK_CLASS", "CHECK_CONSTANTS", "CHECK_IMAGES", "CHECK_LINT",
+           "CHECK_TOP1", "CHECK_TRACE", "CHECK_KERAS", "NO_KERAS", "Check", "DEFAULT_ATOL", "DEFAULT_RTOL",
+           "EXCEL_MAX_ARGS", "EXCEL_MAX_FORMULA", "EXCEL_MAX_NESTING", "IMAGE_SUFFIXES", "PORTABLE_FUNCTIONS",
+           "Report", "StageResult", "check_cached", "compare_batch", "compare_stage", "constant_block",
+           "constants_on_stage_sheets", "format_report", "github_annotations", "formula_problems", "formula_table",
+           "input_overrides", "junit_xml", "libreoffice_values", "lint", "locate", "missing_formulas",
+           "open_workbook", "prepare_like", "read_contract", "resolve_model", "run_cli", "sheet_rows", "stage_cells",
            "stage_failure", "trace_checks", "verify", "workbook_checks", "write_atomically"]
 
 

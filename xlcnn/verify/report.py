@@ -148,7 +148,8 @@ def stage_failure(s, atol, rtol):
         return s.message or f"max abs error {s.max_abs_error:.3g}"
     allowed = atol + rtol * s.scale
     return (f"{s.worst_cell}: workbook {s.workbook_value:.9g}, Keras {s.keras_value:.9g}; "
-            f"error {s.max_abs_error:.3g} > allowed {allowed:.3g} (atol {atol:g} + rtol {rtol:g} x scale {s.scale:.3g})")
+            f"error {s.max_abs_error:.3g} > allowed {allowed:.3g} "
+            f"(atol {atol:g} + rtol {rtol:g} x scale {s.scale:.3g})")
 
 
 
