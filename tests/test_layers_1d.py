@@ -7,6 +7,7 @@ equals Keras; a second input typed into the input cells, recalculated, still equ
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from conftest import build_cases, check_case, keras, needs_libreoffice, stage_values
@@ -171,3 +172,45 @@ def test_long_sums_go_to_partial_sum_cells_within_excels_limit(built, name):
     # the stage cell sums partial-sum cells of its own sheet, which read the inputs
     assert "SUMPRODUCT" not in z and "*" not in z, z
     assert len(z.split("+")) >= 2
+
+
+def test_a_csv_and_a_wav_signal_build_and_equal_keras(tmp_path):
+    """Signal inputs end to end: a CSV with a header (one column per channel) and a 16-bit WAV go
+    into 1-D models; the stages equal Keras and xlcnn verify passes, the channel names label the
+    input sheet."""
+    import wave
+
+    import openpyxl
+
+    from conftest import assert_matches_keras
+    from xlcnn.build import build
+    from xlcnn.image import prepare
+    from xlcnn.model import input_layout, load
+    from xlcnn.verify import verify
+    k = keras()
+    L = k.layers
+    k.utils.set_random_seed(7)
+    rng = np.random.default_rng(7)
+    csv_model = k.Sequential([k.Input((16, 2)), L.Conv1D(3, 3, padding="causal", activation="relu"),
+                              L.GlobalAveragePooling1D(), L.Dense(2, activation="softmax")])
+    csv_model.save(str(tmp_path / "imu.keras"))
+    rows = rng.normal(size=(16, 2)).round(4)
+    (tmp_path / "imu.csv").write_text("ax,ay\n" + "\n".join(f"{a},{b}" for a, b in rows) + "\n")
+    wav_model = k.Sequential([k.Input((16, 1)), L.Conv1D(2, 5, strides=2, padding="same"), L.Flatten(), L.Dense(2)])
+    wav_model.save(str(tmp_path / "kws.keras"))
+    samples = rng.integers(-32768, 32767, size=16).astype("<i2")
+    with wave.open(str(tmp_path / "word.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(samples.tobytes())
+    for model, signal in (("imu.keras", "imu.csv"), ("kws.keras", "word.wav")):
+        book = build(tmp_path / model, tmp_path / signal, tmp_path / f"{signal}.xlsx").path
+        loaded = load(tmp_path / model)
+        x = prepare(tmp_path / signal, loaded.input_shape, input_layout(loaded)).tensor
+        values, _ = stage_values(book)
+        assert_matches_keras(values, tmp_path / model, x)
+        assert verify(book).passed
+    np.testing.assert_allclose(x[:, 0], samples / 32768.0)
+    ws = openpyxl.load_workbook(tmp_path / "imu.csv.xlsx")["01 input"]
+    assert [ws.cell(row=4, column=c).value for c in (2, 3)] == ["c0 ax", "c1 ay"]

@@ -114,6 +114,24 @@ class MapSheets:
         if self.one_sheet:
             r0, c0 = self.origin(0, block)
             layer_scale(self.sheet(0), r0, c0, r0 + self.h - 1, c0 + self.channels - 1, lo, hi)
+            self.chart(block)
+
+    def chart(self, block: int) -> None:
+        """A signal stage's block as a line chart (one line per channel, up to 16), to the right of
+        the blocks: the multi-channel waveform at a glance."""
+        if self.channels > 16 or self.h < 2:
+            return
+        book = self.ctx.book
+        sheet = self.sheet(0)
+        chart = book.wb.add_chart({"type": "line"})
+        for c in range(self.channels):
+            r0, c0 = self.origin(c, block)
+            chart.add_series({"name": f"c{c}", "values": [sheet.name, r0, c0, r0 + self.h - 1, c0],
+                              "line": {"width": 1.25}})
+        chart.set_title({"name": self.layer_name + (f" · {text('stage.chart_block', block=block)}" if block else "")})
+        chart.set_x_axis({"name": "t"})
+        chart.set_size({"width": 520, "height": 240})
+        sheet.ws.insert_chart(FIRST_ROW + 13 * block, FIRST_COL + 4 * (self.channels + 1), chart)
 
 
 def square_cells(sheet, h, w, border):
