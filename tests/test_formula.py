@@ -1036,3 +1036,79 @@ def test_choose_and_index_per_cell(tmp_path):
     r = evaluate(make_book(tmp_path, {"S": cells}))
     assert [r.value("S", i, 3) for i in range(3)] == [1.0, 20.0, 5.0]
     assert [r.value("S", i, 4) for i in range(3)] == [10.0, 20.0, 30.0]
+
+
+# --------------------------------------------------------------------------- reader and grouping in bulk
+
+def _cells_of(cells):
+    """{(row, col): value} of the numeric cells a sheet scan found."""
+    out = {}
+    for rows, cols, vals in cells.num:
+        out.update(zip(zip(np.asarray(rows).tolist(), np.asarray(cols).tolist()), np.asarray(vals).tolist()))
+    return out
+
+
+@pytest.mark.parametrize("body", [
+    # contiguous rows, short rows, gaps, a row without cells, 1-3 letter columns, 7-digit rows
+    '<row r="1"><c r="A1" s="2"><v>1.5</v></c><c r="B1"><v>-2E-3</v></c></row><row r="3"/>'
+    '<row r="4" spans="1:30"><c r="C4"><v>0.1</v></c><c r="AB4"><v>7</v></c><c r="XFD4"><v>1e300</v></c></row>'
+    '<row r="1048576"><c r="ZZ1048576"><v>3.25</v></c></row>',
+    # what the positional path refuses and the regex path reads: typed cells, attribute order,
+    # empty values, a cell without a value, a formula
+    '<row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1"><v>2</v></c></row>',
+    '<row r="1"><c s="1" r="A1"><v>4</v></c><c r="B1"><v>2</v></c></row>',
+    '<row r="1"><c r="A1"><v></v></c><c r="B1"><v>2</v></c><c r="C1" s="3"/><c r="D1"><v>5</v></c></row>',
+    '<row r="2"><c r="A2"><f>1+1</f><v>2</v></c><c r="B2"><v>9</v></c></row>',
+])
+def test_positional_number_reader_equals_elementtree(body):
+    """Numbers placed from the bytes after each '<c r="' (arrays, no per-row regex) are the
+    cells ElementTree finds, in odd layouts too; whatever the fast path refuses, the regex
+    path reads."""
+    from xlcnn.formula import reader
+    xml = f'<worksheet xmlns="{MAIN}"><sheetData>{body}</sheetData></worksheet>'.encode()
+    slow = reader._Cells()
+    reader._scan_slow(xml, slow)
+    assert _cells_of(reader._parse_sheet(xml)) == _cells_of(slow)
+
+
+def test_positional_number_reader_on_a_large_block(tmp_path):
+    """A weight matrix as XlsxWriter writes it (the path the reader takes for most numbers):
+    every value exact, columns past Z and AZ, rows offset."""
+    from xlcnn.formula import reader
+    g = np.random.default_rng(9)
+    w = g.normal(size=(300, 760)) * 10.0 ** g.integers(-12, 12, size=(300, 760))
+    wb = xlsxwriter.Workbook(str(tmp_path / "w.xlsx"))
+    ws = wb.add_worksheet("w")
+    for r in range(300):
+        ws.write_row(5 + r, 3, w[r].tolist())
+    wb.close()
+    with zipfile.ZipFile(tmp_path / "w.xlsx") as z:
+        xml = z.read("xl/worksheets/sheet1.xml")
+    assert reader._numeric_block(xml) is not None
+    slow = reader._Cells()
+    reader._scan_slow(xml, slow)
+    assert _cells_of(reader._parse_sheet(xml)) == _cells_of(slow)
+    book = read_workbook(tmp_path / "w.xlsx")
+    np.testing.assert_allclose(book.sheet_array("w")[5:, 3:], w, rtol=1e-15)  # as XlsxWriter wrote them
+
+
+def test_grouping_splits_many_per_sheet_skeletons_like_the_tokenizer():
+    """Formulas of one length whose sheet names and functions differ (per-channel sheets) land
+    in one coarse set; every group still holds one skeleton and the tokenizer's references."""
+    texts = []
+    for ch in range(12):
+        for r in range(1, 6):
+            texts += [f"'c{ch} x'!A{r}*2+B{r}", f"MAX('c{ch} x'!A{r},0)+C{r}", f"SUM('c{ch} x'!A{r},0)+C{r}",
+                      f"'c{ch} x'!AB{r}*2+B{r + 10}", f"'C{ch}'!A{r}*2"]
+    groups = group_formulas(texts)
+    seen = []
+    for key, chunks in groups.items():
+        for idx, rows, cols in chunks:
+            for i, r, c in zip(idx.tolist(), rows, cols):
+                text = texts[i]
+                assert skeleton(text) == key, text
+                refs = [m for m in SPLIT.finditer(text) if m.group(3) is not None]
+                assert r.tolist() == [int(m.group(5)) - 1 for m in refs], text
+                assert c.tolist() == [col_index(m.group(3)) for m in refs], text
+                seen.append(i)
+    assert sorted(seen) == list(range(len(texts)))

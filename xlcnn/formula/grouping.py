@@ -42,10 +42,12 @@ def _decode(M, starts, ends, base, zero):
     """Numbers spelt in byte columns [starts[k], ends[k]) of every row of M: digits (base 10,
     zero '0') or column letters (base 26, zero '@' so that 'A' is 1).  Returns (rows, refs)."""
     width = ends - starts
-    pos = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
-    power = np.concatenate([base ** np.arange(w - 1, -1, -1, dtype=np.int64) for w in width])
+    first = np.cumsum(width) - width               # where each number's digits start in pos
+    within = np.arange(int(width.sum())) - np.repeat(first, width)
+    pos = np.repeat(starts, width) + within
+    power = base ** (np.repeat(width, width) - 1 - within).astype(np.int64)
     vals = (M[:, pos].astype(np.int64) - zero) * power
-    return np.add.reduceat(vals, np.concatenate([[0], np.cumsum(width)[:-1]]), axis=1)
+    return np.add.reduceat(vals, first, axis=1)
 
 
 def _numbers(M, spans, rep):
@@ -71,9 +73,13 @@ def _numbers(M, spans, rep):
 
 
 def _split_matrix(A, texts, idx, out):
-    """Split the stacked formulas A (rows are texts[idx]) into same-skeleton sets."""
-    remaining = np.arange(len(idx))
-    while remaining.size:
+    """Split the stacked formulas A (rows are texts[idx]) into same-skeleton sets.  The rows
+    that do not share the first row's skeleton are partitioned by their bytes outside its
+    references (where sheet names and functions differ) before the next representative is
+    tried, so a hundred per-channel skeletons cost about one pass over A, not a hundred."""
+    work = [np.arange(len(idx))]
+    while work:
+        remaining = work.pop()
         r0 = int(remaining[0])
         text = texts[idx[r0]]
         rep = A[r0]
@@ -96,10 +102,20 @@ def _split_matrix(A, texts, idx, out):
                 part = sub[:, cols]
                 ok &= ((part >= lo) & (part <= hi)).all(1)
         members = remaining[ok]
-        remaining = remaining[~ok]
         M = sub[ok] if not ok.all() else sub
         rows, cols = _numbers(M, spans, rep)
         out.setdefault(skeleton(text), []).append((idx[members], rows, cols))
+        if ok.all():
+            continue
+        rest, left = remaining[~ok], sub[~ok]
+        other = np.flatnonzero((kind == 0) & (left != left[0]).any(0))
+        if not len(other):
+            work.append(rest)
+            continue
+        _, which = np.unique(left[:, other], axis=0, return_inverse=True)
+        which = which.ravel()
+        order = np.argsort(which, kind="stable")
+        work += np.split(rest[order], np.flatnonzero(np.diff(which[order])) + 1)[::-1]
 
 
 def group_formulas(texts):

@@ -91,7 +91,9 @@ class Book:
         if len(rows):
             nr, nc = int(rows.max()) + 1, int(cols.max()) + 1
         frows, fcols, _ = self._fcells[sheet]
-        for r, c in itertools.chain(self._other[sheet], zip(frows, fcols)):
+        if len(frows):  # max over a list runs in C; the other constants are few
+            nr, nc = max(nr, max(frows) + 1), max(nc, max(fcols) + 1)
+        for r, c in self._other[sheet]:
             nr, nc = max(nr, r + 1), max(nc, c + 1)
         return nr, nc
 
@@ -277,45 +279,54 @@ def _indices_not_in(seq, allowed):
 
 
 _V_TEXT = re.compile(rb"<v>([^<]*)</v>")
-_ROW_R = re.compile(rb'<row r="([0-9]+)"')
-_FIRST_COL = re.compile(rb'<c r="([A-Z]{1,3})[0-9]')
 
 
 def _numeric_block(chunk):
-    """(rows, cols, values) of a chunk made only of rows of contiguous plain numbers (a weight
-    matrix, as XlsxWriter writes it), found without a per-cell regex; None for anything else."""
-    if (b"<f" in chunk or b"<is" in chunk or b"<c>" in chunk or b"<v></v>" in chunk
-            or (b' t="' in chunk and chunk.count(b' t="') != chunk.count(b' t="n"'))):
+    """(rows, cols, values) of a chunk whose cells are all plain numbers (a weight matrix, as
+    XlsxWriter writes it), found without a per-cell or per-row regex; None for anything else.
+
+    Between its first <row and last </row> such a chunk holds only <row>, <c r="..."> and <v>
+    tags (checked on the byte after every '<', found in one array pass), each cell exactly one
+    non-empty <v> lying between it and the next cell, so the i-th <v> is the i-th cell's.  The
+    cells' positions are read from their r attributes in arrays: the bytes after each
+    ``<c r="`` (1-3 capitals, 1-7 digits, a quote) decoded for all cells at once."""
+    lo, hi = chunk.find(b"<row"), chunk.rfind(b"</row>")
+    if lo < 0 or hi < lo:
         return None
-    pieces = chunk.split(b"<row ")[1:]
-    if not pieces or len(chunk) < 200 * len(pieces):  # short rows: the per-row loop below would not pay
+    span = chunk[lo:hi + 6]
+    if b' t="' in span and span.count(b' t="') != span.count(b' t="n"'):
         return None
-    row_ids, counts, starts = [], [], []
-    for piece in pieces:
-        m = _ROW_R.match(b"<row " + piece[:24])
-        k = piece.count(b"<c ")
-        if k == 0:
-            continue
-        first = _FIRST_COL.search(piece)
-        last = _FIRST_COL.search(piece, piece.rfind(b"<c "))
-        if m is None or first is None or last is None:
-            return None
-        c0 = col_index(first.group(1).decode())
-        if col_index(last.group(1).decode()) - c0 + 1 != k:  # gaps: let the regex path place cells
-            return None
-        row_ids.append(int(m.group(1)) - 1)
-        counts.append(k)
-        starts.append(c0)
-    n = sum(counts)
-    if n == 0:
+    a = np.frombuffer(span + b"\0" * 16, np.uint8)
+    lt = np.flatnonzero(a == 60)  # '<'
+    after = a[lt + 1]
+    if not ((after == 99) | (after == 118) | (after == 47) | (after == 114)).all():
+        return None  # a tag other than <c, <v, <row and closing ones: <f>, <is>, prefixes...
+    cells, vs = lt[after == 99], lt[after == 118]
+    n = len(cells)
+    if n == 0 or len(vs) != n:
         return None
-    vals = _V_TEXT.findall(chunk)  # every cell has exactly one <v> (checked by the count)
-    if len(vals) != n or n != chunk.count(b"<c "):
+    if not ((a[cells + 2] == 32) & (a[cells + 3] == 114) & (a[cells + 4] == 61) & (a[cells + 5] == 34)
+            & (a[vs + 2] == 62) & (a[vs + 3] != 60) & (cells < vs)).all() or (vs[:-1] > cells[1:]).any():
+        return None  # not '<c r="', not a plain non-empty <v>, or a cell with no <v> of its own
+    vals = _V_TEXT.findall(span)
+    if len(vals) != n:
         return None
-    counts = np.array(counts, np.int64)
-    rows = np.repeat(np.array(row_ids, np.int64), counts)
-    cols = np.arange(n) - np.repeat(np.cumsum(counts) - counts - np.array(starts), counts)
-    return rows, cols, np.fromiter(map(float, vals), np.float64, n)
+    view = np.lib.stride_tricks.sliding_window_view(a, 8)
+    L = view[cells + 6, :4].astype(np.int16)  # 1-3 capitals, then a digit
+    letters = np.logical_and.accumulate((L >= 65) & (L <= 90), axis=1).sum(1)
+    col = np.zeros(n, np.int64)
+    for k in range(3):
+        col = np.where(k < letters, col * 26 + (L[:, k] - 64), col)
+    D = view[cells + 6 + letters].astype(np.int16)  # 1-7 digits, then the closing quote
+    going = np.logical_and.accumulate((D >= 48) & (D <= 57), axis=1)
+    digits = going.sum(1)
+    row = np.zeros(n, np.int64)
+    for k in range(7):
+        row = np.where(going[:, k], row * 10 + (D[:, k] - 48), row)
+    end = D[np.arange(n), np.minimum(digits, 7)]
+    if not ((letters >= 1) & (letters <= 3) & (digits >= 1) & (digits <= 7) & (end == 34)).all():
+        return None
+    return row - 1, col - 1, np.fromiter(map(float, vals), np.float64, n)
 
 
 # A formula cell as XlsxWriter writes it: optional style, plain <f>, optional numeric <v>.
