@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 import zipfile
 from contextlib import contextmanager
 from functools import lru_cache
@@ -372,7 +373,7 @@ class Book:
                                                        (1, explain, self.fmt_explain_wrap, 6.5, 15)):
                 if value:
                     ws.merge_range(row, FIRST_COL, row, FIRST_COL + cols - 1, value, fmt)
-                    ws.set_row(row, line_pt * max(1, math.ceil(len(value) * char_px / (cols * px))))
+                    ws.set_row(row, line_pt * max(1, math.ceil(_width(value) * char_px / (cols * px))))
         else:
             if title:
                 ws.write(0, FIRST_COL, title, self.fmt_title)
@@ -386,3 +387,8 @@ class Book:
     def close(self):
         with _zip_level(ZIP_LEVEL):
             self.wb.close()
+
+
+def _width(value):
+    """A text's width in Latin characters: a Japanese (wide) character takes about two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in value)
