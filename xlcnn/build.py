@@ -259,7 +259,8 @@ RGB = (("R", "#FF0000"), ("G", "#00A000"), ("B", "#0000FF"))
 def _write_input(book, names, step, loaded, x, layout, channel_names=None, border=NO_BORDER, rgb=False):
     if x.ndim == 1:
         name = names.make(f"{step} ", "input")
-        sheet = book.add_sheet(name, text("stage.input", step=step, channel=0, channels=1, layout="1-D"))
+        sheet = book.add_sheet(name, text("stage.input", step=step, channel=0, channels=1,
+                                          layout=text("stage.input_1d")))
         sheet.numbers(FIRST_ROW, FIRST_COL, x[:, None])
         return Tensor(loaded.input_name, x, None, [(name, FIRST_ROW, FIRST_COL)])
     channel_axis = 0 if layout == "channels_first" else x.ndim - 1
@@ -278,7 +279,8 @@ def _write_input(book, names, step, loaded, x, layout, channel_names=None, borde
         tag, tint = RGB[c] if rgb else (f"c{c}", None)
         name = names.make(f"{step} ", "input", f" {tag}")
         sheet = book.add_sheet(name, text("stage.input", step=step, channel=f"{c} ({tag})" if rgb else c,
-                                          channels=t.channels, layout=f"{layout}, shape {x.shape}"),
+                                          channels=t.channels,
+                                          layout=text("stage.input_layout", layout=layout, shape=x.shape)),
                                map_width=w + left + right)
         square_cells(sheet, h, w, border)
         if border != NO_BORDER:
@@ -306,7 +308,7 @@ def _write_signal_input(book, names, step, t, layout, channel_names=None, border
     steps, _ = t.hw
     name = names.make(f"{step} ", "input")
     sheet = book.add_sheet(name, text("stage.input_signal", step=step, channels=t.channels, steps=steps,
-                                      layout=f"{layout}, shape {t.values.shape}"))
+                                      layout=text("stage.input_layout", layout=layout, shape=t.values.shape)))
     block = t.chw()[:, :, 0].T                      # (steps, channels)
     labels = [f"c{c}" + (f" {channel_names[c]}" if channel_names and c < len(channel_names) and channel_names[c]
                          else "") for c in range(t.channels)]
@@ -362,6 +364,8 @@ def _write_about(book, loaded, prepared, model_path, image_path, out, layout, in
         except ValueError:  # another drive on Windows
             return str(Path(p).resolve())
 
+    # the keys and values stay English in every language: xlcnn verify and outside tools read this
+    # sheet by these names, a machine-read contract like the manifest's headers (only the title is translated)
     rows = [
         ("xlcnn_version", __version__),
         ("created_utc", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")),

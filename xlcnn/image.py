@@ -20,6 +20,7 @@ import numpy as np
 
 from . import signals
 from .errors import XlcnnError
+from .layout import Said
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 MAX_PIXELS = 50_000_000  # refuse decompression bombs long before they are expanded
@@ -28,7 +29,7 @@ MAX_PIXELS = 50_000_000  # refuse decompression bombs long before they are expan
 @dataclass
 class Prepared:
     tensor: np.ndarray            # model input without the batch axis, float32
-    steps: list = field(default_factory=list)   # what was done, in words
+    steps: list = field(default_factory=list)   # what was done, in words (layout.Said: English, and the workbook's)
     preview: np.ndarray | None = None           # (H, W) or (H, W, 3) in 0..1 for the overview picture
     inverted: bool = False
     scale: float = 1 / 255
@@ -137,42 +138,43 @@ def prepare(path, input_shape, layout, invert="auto", scale=None, default_scale=
                          f"give the input as a .npy of shape {input_shape}")
     from PIL import Image
     img = _open_image(path)
-    steps = [f"read {path.name}: {img.width}×{img.height} {img.format} ({img.mode})"]
+    steps = [Said("preprocessing.read_image", file=path.name, w=img.width, h=img.height, format=img.format,
+                  mode=img.mode)]
     source_size = (img.width, img.height)
     if getattr(img, "n_frames", 1) > 1:
-        steps.append("used the first frame")
+        steps.append(Said("preprocessing.first_frame"))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         ground = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(ground, rgba)
-        steps.append("flattened transparency onto white")
+        steps.append(Said("preprocessing.transparency"))
     target_mode = "L" if c == 1 else "RGB"
     if img.mode != target_mode:
         img = img.convert(target_mode)
-        steps.append("converted to grayscale" if c == 1 else "converted to RGB")
+        steps.append(Said("preprocessing.to_grayscale" if c == 1 else "preprocessing.to_rgb"))
     if (img.width, img.height) != (w, h):
         img = img.resize((w, h), Image.Resampling.BILINEAR)
-        steps.append(f"resized to {w}×{h} (bilinear)")
+        steps.append(Said("preprocessing.resized", w=w, h=h))
     pixels = np.asarray(img, dtype=np.float64)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     do_invert = _decide_invert(pixels, c, invert)
     if do_invert:
         pixels = 255.0 - pixels
-        steps.append("inverted (255 − v): " + ("the ground is light and the model expects a dark ground"
-                                               if invert == "auto" else "--invert yes"))
+        steps.append(Said("preprocessing.inverted", why=Said("preprocessing.invert_auto" if invert == "auto" else
+                                                             "preprocessing.invert_yes")))
     elif invert == "auto" and c == 1:
-        steps.append("not inverted: the ground is already dark")
+        steps.append(Said("preprocessing.not_inverted"))
     factor = default_scale if scale is None else scale
     scaled = pixels * factor
-    steps.append(f"scaled by {_fraction_text(factor)} (values {scaled.min():.3g}..{scaled.max():.3g})")
+    steps.append(Said("preprocessing.scaled", factor=_fraction_text(factor), lo=f"{scaled.min():.3g}",
+                      hi=f"{scaled.max():.3g}"))
     if plane:
         tensor = scaled[:, :, 0]
-        steps.append(f"the model's input {tuple(input_shape)} has no channel axis: one grayscale plane "
-                     "(height, width)")
+        steps.append(Said("preprocessing.plane", shape=tuple(input_shape)))
     elif layout == "channels_first":
         tensor = np.moveaxis(scaled, 2, 0)
-        steps.append("channels first: (channels, height, width)")
+        steps.append(Said("preprocessing.channels_first_image"))
     else:
         tensor = scaled
     preview = pixels[:, :, 0] / 255.0 if c == 1 else pixels / 255.0
@@ -200,13 +202,13 @@ def _prepare_npy(path, input_shape, layout="channels_last"):
     shape = tuple(input_shape)
     if arr.shape == (1, *shape):
         arr = arr[0]
-    steps = [f"read {path.name}: array {arr.shape} {arr.dtype}, used as is (no resizing, inversion or scaling)"]
+    steps = [Said("preprocessing.read_npy", file=path.name, shape=arr.shape, dtype=arr.dtype)]
     # a (steps,) signal for a (steps, 1) model, a (28, 28) picture for a (28, 28, 1) one: the one
     # channel's axis is added where the model has it
     channel_axis = 0 if layout == "channels_first" else len(shape) - 1
     if len(shape) >= 2 and shape[channel_axis] == 1 and arr.shape == shape[:channel_axis] + shape[channel_axis + 1:]:
         arr = np.expand_dims(arr, channel_axis)
-        steps.append(f"one channel: added the channel axis, {arr.shape}")
+        steps.append(Said("preprocessing.npy_channel_axis", shape=arr.shape))
     if arr.shape != shape:
         hint = ""
         if len(shape) == 2 and arr.shape == shape[::-1] and shape[0] != shape[1]:
@@ -236,9 +238,10 @@ def _prepare_signal(path, input_shape, layout, invert, scale):
     factor = 1.0 if scale is None else scale
     if scale is not None:
         values = values * factor
-        steps.append(f"scaled by {_fraction_text(factor)} (--scale; values {values.min():.4g}..{values.max():.4g})")
+        steps.append(Said("preprocessing.scaled_signal", factor=_fraction_text(factor), lo=f"{values.min():.4g}",
+                          hi=f"{values.max():.4g}"))
     elif what == "CSV":
-        steps.append("values used as is (no scaling)")
+        steps.append(Said("preprocessing.as_is"))
     steps += placed
     return Prepared(values.astype(np.float32), steps, None, False, factor, None, channel_names=sig.names,
                     sample_rate=sig.sample_rate, kind=what.lower())

@@ -94,6 +94,25 @@ def text(key, **fields):
     return _fill("texts.toml", key, fields)
 
 
+class Said(str):
+    """A text the terminal prints in English that a workbook shows in its own language: the
+    English string, keeping its key and fields (which may be Said too) for local()."""
+
+    def __new__(cls, key, **fields):
+        with language("en"):
+            self = super().__new__(cls, text(key, **fields))
+        self.key, self.fields = key, fields
+        return self
+
+    def local(self):
+        return text(self.key, **{k: local(v) for k, v in self.fields.items()})
+
+
+def local(value):
+    """A Said in the workbook's language; any other value as it is."""
+    return value.local() if isinstance(value, Said) else value
+
+
 def style(key=None):
     data = _load("styles.toml")
     if key is None:
@@ -264,8 +283,8 @@ class Tensor:
     def origin_text(self, origin):
         """'ch 3 · row 2 · col 4' for an image map, 'ch 3 · t 7' for a signal."""
         if len(origin) == 3:
-            return "ch {} · row {} · col {}".format(*origin)
-        return "ch {} · t {}".format(*origin)
+            return text("common.origin_map", ch=origin[0], row=origin[1], col=origin[2])
+        return text("common.origin_signal", ch=origin[0], t=origin[1])
 
     def manifest_rows(self):
         """(channel or None, sheet, range) for every channel, as the manifest records them."""

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .layout import FIRST_COL, Tensor, rng, style, text
+from .layout import FIRST_COL, Tensor, local, rng, style, text
 
 PIC_COL = 5                      # F: the first pixel column
 TOP = 3                          # the prediction rows start here
@@ -116,7 +116,7 @@ def write_overview(book, loaded, stages, prepared, image_path, out, is_probabili
     row += 2
     ws.write(row, 0, text("overview.preprocessing"), book.fmt_title)
     for i, step in enumerate(prepared.steps):
-        ws.write(row + 1 + i, 1, f"{i + 1}. {step}")
+        ws.write(row + 1 + i, 1, f"{i + 1}. {local(step)}")
     row += len(prepared.steps) + 2
     ws.write(row, 0, text("overview.verify_hint", workbook=out.name), book.fmt_explain)
     return predicted, probability
@@ -294,7 +294,7 @@ def _write_summary(book, sheet, fmt, stages, row):
         ws.write(row, spans[2][0], ", ".join(f"{steps[name]} {name}" for name in stage.reads))
         ws.write(row, spans[3][0], w.describe() if w else text("overview.input_describe"))
     row += 1
-    ws.write(row, 3, "total", book.fmt_header)
+    ws.write(row, 3, text("overview.total"), book.fmt_header)
     ws.merge_range(row, spans[0][0], row, spans[0][1], sum(s.writer.params() for s in stages if s.writer),
                    fmt["header_merge"])
     return row

@@ -18,20 +18,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import XlcnnError
+from .layout import Said
 
 SIGNAL_SUFFIXES = {".csv", ".wav"}
 
 # a number as people and spreadsheets write it: 12, -0.5, .25, 3., 1e-3; no nan/inf, no '1_000'
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+(?:[eE][+-]?\d+)?")
-_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
+_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}     # texts.toml preprocessing.csv_separators
 
 
 @dataclass
 class Signal:
     values: np.ndarray            # (steps, channels), float64
     names: list | None            # the header's channel names, or None
-    described: str                # 'read x.csv: ...' for the steps
+    described: str                # 'read x.csv: ...' for the steps (a layout.Said, as the notes)
     notes: list                   # further steps (decoding, scaling)
     sample_rate: int | None = None
 
@@ -133,10 +134,12 @@ def read_csv(path):
         i, j = map(int, np.argwhere(~np.isfinite(values))[0])
         raise XlcnnError(f"{path} row {lines_of[i]}, column {j + 1} ({_column_name(j)}) is too large "
                          "for a float64")
-    sep = _DELIMITER_NAMES[delimiter] + "-separated" if width > 1 else "one column"
-    header = f", header row ({', '.join(names)})" if names else ", no header row"
-    described = f"read {path.name}: {len(rows):,} rows × {width} columns, {sep}{header}"
-    notes = ["read decimal commas as decimal points"] if decimal_comma else []
+    sep = Said("preprocessing.csv_separators." + (_DELIMITER_NAMES[delimiter] if width > 1 else "one"))
+    header = Said("preprocessing.csv_header", names=", ".join(names)) if names else \
+        Said("preprocessing.csv_no_header")
+    described = Said("preprocessing.read_csv", file=path.name, rows=f"{len(rows):,}", width=width, sep=sep,
+                     header=header)
+    notes = [Said("preprocessing.decimal_comma")] if decimal_comma else []
     return Signal(values, names, described, notes)
 
 
@@ -206,7 +209,7 @@ def read_wav(path):
     raw = np.frombuffer(data, dtype=np.uint8)
     if width == 1:
         ints, offset, full = raw.astype(np.float64), 128.0, 128
-        decoding = "8-bit unsigned PCM: (v − 128) × 1/128"
+        decoding = Said("preprocessing.wav_unsigned")
     else:
         if width == 3:  # little-endian 24-bit: put the three bytes on top of an int32 and shift back
             b = raw.reshape(-1, 3).astype(np.int32)
@@ -214,16 +217,17 @@ def read_wav(path):
         else:
             ints = np.frombuffer(data, dtype="<i2" if width == 2 else "<i4")
         ints, offset, full = ints.astype(np.float64), 0.0, 1 << (8 * width - 1)
-        decoding = f"{8 * width}-bit PCM scaled by 1/{full}"
+        decoding = Said("preprocessing.wav_scaled", bits=8 * width, full=full)
     values = ((ints - offset) / full).reshape(frames, channels)
-    layout = {1: "mono", 2: "stereo"}.get(channels, f"{channels} channels")
+    layout = {1: Said("preprocessing.wav_mono"), 2: Said("preprocessing.wav_stereo")}.get(
+        channels) or Said("preprocessing.wav_channels", n=channels)
     seconds = frames / rate if rate else 0.0
-    described = (f"read {path.name}: {8 * width}-bit PCM {layout}, {frames:,} samples at {rate:,} Hz "
-                 f"({_duration(seconds)})")
-    notes = [f"{decoding} (values {values.min():.6g}..{values.max():.6g})"]
+    described = Said("preprocessing.read_wav", file=path.name, bits=8 * width, layout=layout, frames=f"{frames:,}",
+                     rate=f"{rate:,}", duration=_duration(seconds))
+    notes = [Said("preprocessing.wav_values", decoding=decoding, lo=f"{values.min():.6g}", hi=f"{values.max():.6g}")]
     names = ["left", "right"] if channels == 2 else None
     if channels == 2:
-        notes.append("stereo: left and right are channels 0 and 1")
+        notes.append(Said("preprocessing.stereo"))
     return Signal(values, names, described, notes, rate)
 
 
@@ -284,9 +288,8 @@ def place(signal, path, input_shape, layout, what):
     notes = []
     if not has_channel_axis:
         values = values[:, 0]
-        notes.append(f"the model's input {tuple(input_shape)} has no channel axis: the one channel gives its "
-                     f"{steps:,} values")
+        notes.append(Said("preprocessing.signal_plane", shape=tuple(input_shape), steps=f"{steps:,}"))
     elif layout == "channels_first":
         values = values.T
-        notes.append("channels first: (channels, steps)")
+        notes.append(Said("preprocessing.channels_first_signal"))
     return values, notes

@@ -123,7 +123,7 @@ class LeakyReLUWriter(LayerWriter):
         return as_float32(0.3 if value is None else config_number(value))
 
     def describe(self):
-        return f"x if x ≥ 0 else {self.slope():g} × x"
+        return text("describe.leaky", slope=f"{self.slope():g}")
 
     def write(self, ctx, x):
         slope = self.slope()
@@ -142,7 +142,7 @@ class PReLUWriter(LayerWriter):
 
     def describe(self):
         shared = self.config.get("shared_axes")
-        return "x if x ≥ 0 else alpha × x, alpha learned" + (f", shared along axes {shared}" if shared else "")
+        return text("describe.prelu", shared=text("describe.prelu_shared", axes=shared) if shared else "")
 
     def write(self, ctx, x):
         alpha = expand_param(self.spec.weight("alpha"), x.values.shape)
@@ -167,7 +167,7 @@ class ELUWriter(LayerWriter):
         return as_float32(1.0 if value is None else config_number(value))
 
     def describe(self):
-        return f"x if x > 0 else {self.alpha():g} × (eˣ − 1)"
+        return text("describe.elu", alpha=f"{self.alpha():g}")
 
     def write(self, ctx, x):
         alpha = self.alpha()
@@ -192,7 +192,7 @@ class SoftmaxWriter(LayerWriter):
     options = {"axis": _softmax_axis}
 
     def describe(self):
-        return "softmax: e^(z − max z) / Σ e^(z − max z)"
+        return text("describe.softmax")
 
     def write(self, ctx, x):
         axis = single_axis(self.config["axis"])
@@ -208,8 +208,8 @@ class SoftmaxWriter(LayerWriter):
                                               kind=self.kind, what=text("elementwise.softmax_what",
                                                                         n=len(x.values))))
         src, r0, c0 = x.places[0]
-        sheet.label(FIRST_ROW - 1, FIRST_COL, "exp(z - max z)", ctx.book.fmt_header)
-        sheet.label(FIRST_ROW - 1, FIRST_COL + 1, "softmax", ctx.book.fmt_header)
+        sheet.label(FIRST_ROW - 1, FIRST_COL, text("stage.exp_header"), ctx.book.fmt_header)
+        sheet.label(FIRST_ROW - 1, FIRST_COL + 1, text("stage.softmax_header"), ctx.book.fmt_header)
         values, col = write_softmax_column(sheet, FIRST_COL, r0, x.values, c0, src)
         sheet.axis_labels(FIRST_ROW, FIRST_COL, len(values), 0)
         return Tensor(self.name, values, None, [(name, FIRST_ROW, col)])

@@ -28,7 +28,7 @@ class BatchNormalizationWriter(LayerWriter):
     }
 
     def describe(self):
-        return f"(x − moving mean) / √(moving variance + {self.config['epsilon']:g}) × gamma + beta, per channel"
+        return text("describe.batch_norm", epsilon=f"{self.config['epsilon']:g}")
 
     def check(self):
         """Also refuse, before anything is written, an axis that is no tensor's channel axis

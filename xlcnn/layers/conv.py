@@ -154,8 +154,9 @@ class ConvWriter(LayerWriter):
     def describe(self):
         c = self.config
         act_name = act.activation_name(c["activation"])
-        extra = f", then {act_name}" if act_name != "linear" else ""
-        return f"{c['filters']} filters, {self.window.text('kernel')}, padding {c['padding']}{extra}"
+        then = text("describe.then", fn=act_name) if act_name != "linear" else ""
+        return text("describe.conv", filters=c["filters"], geometry=self.window.text("kernel"), padding=c["padding"],
+                    then=then)
 
     def write(self, ctx, x):
         c = self.config

@@ -207,10 +207,10 @@ class ConvTransposeWriter(LayerWriter):
     def describe(self):
         c = self.config
         act_name = act.activation_name(c["activation"])
-        extra = f", then {act_name}" if act_name != "linear" else ""
+        then = text("describe.then", fn=act_name) if act_name != "linear" else ""
         (kh, kw), strides, dilation, _ = self.geometry()
         geo = Window((kh, kw), strides, dilation, c["padding"], self.one_d).text("kernel")
-        return f"{c['filters']} filters, transposed, {geo}, padding {c['padding']}{extra}"
+        return text("describe.conv_transpose", filters=c["filters"], geometry=geo, padding=c["padding"], then=then)
 
     # -- writing -------------------------------------------------------------------------------
     def write(self, ctx, x):
@@ -238,30 +238,24 @@ class ConvTransposeWriter(LayerWriter):
             ctx, self.name, kernel.transpose(0, 1, 3, 2), bias, 1, self.kind,
             kernel_text=f"{kh}" if self.one_d else f"{kh}×{kw}")
         book = ctx.book
-        book.sheets[wsheet].ws.write(1, FIRST_COL, (
-            "Keras stores a transposed convolution's kernel as (kh, kw, out, in)" if not self.one_d else
-            "Keras stores a transposed convolution's kernel as (k, out, in)") +
-            ": block (out o, in i) here is that kernel's [..., o, i], taps in Keras's order (not flipped).",
-            book.fmt_explain)
+        book.sheets[wsheet].ws.write(1, FIRST_COL, text("transpose.kernel_note_1d" if self.one_d else
+                                                          "transpose.kernel_note"), book.fmt_explain)
 
         geo = Window((kh, kw), strides, dilation, c["padding"], self.one_d)
         crop = _crop_text(c["padding"], crop_h, crop_w, self.one_d)
         (sh, sw), (dh, dw) = strides, dilation
 
         def title(o):
-            return (f"{ctx.step} {self.name} · {self.kind} · {which_text(self.one_d, o, filters)} · "
-                    f"{geo.text('kernel')} · {crop}")
+            return text("transpose.title", step=ctx.step, name=self.name, kind=self.kind,
+                        which=which_text(self.one_d, o, filters), geometry=geo.text("kernel"), crop=crop)
 
         def explain(o):
             where = "o" if o is None else o
             if self.one_d:
-                land = f"output step = i×{sh} + a×{dh} − {crop_h[0]}"
+                land = text("transpose.land_1d", sh=sh, dh=dh, top=crop_h[0])
             else:
-                land = (f"output row = i×{sh} + a×{dh} − {crop_h[0]}, column = j×{sw} + b×{dw} − {crop_w[0]}")
-            out = (f"z = Σ x[in c][i, j] × kernel[a, b, out {where}, in c] over every input cell (i, j) and kernel "
-                   f"tap (a, b) that land on this cell ({land}), summed over {cin} input channel(s), + bias. "
-                   f"Each input cell spreads x × kernel over the output; this cell gathers what lands on it. "
-                   f"Weights: sheet '{wsheet}'.")
+                land = text("transpose.land_2d", sh=sh, dh=dh, top=crop_h[0], sw=sw, dw=dw, left=crop_w[0])
+            out = text("transpose.explain", channel=where, land=land, cin=cin, wsheet=wsheet)
             if along:
                 out += " " + text("stage.bias_along_width" if not self.one_d else "stage.bias_along_steps",
                                   channel=where, n=filters)
@@ -296,8 +290,7 @@ class ConvTransposeWriter(LayerWriter):
                 # border cells gather fewer products: blocks that cell (0, 0) did not need get their label here
                 for n in range(blocks[0], blocks[1]):
                     row, col = maps.origin(o, first_partial_block + n)
-                    sheet.label(row - 2, col, f"partial sums {n + 1} (products of the input channels, in order; "
-                                "split to stay within Excel's 8,192-character formula limit)", ctx.book.fmt_header)
+                    sheet.label(row - 2, col, text("transpose.partial", n=n + 1), ctx.book.fmt_header)
             places.append((sheet.name, r0, c0))
         maps.color_all(0, z)
         places, out = write_activation_blocks(maps, fn, places, z, text("stage.z_block"))
@@ -307,20 +300,18 @@ class ConvTransposeWriter(LayerWriter):
 def _crop_text(padding, crop_h, crop_w, one_d):
     """What Keras's padding does to the full transposed output: the cells it crops, and the extra
     cells output_padding adds (which only the bias reaches)."""
-    def side(crop, unit, first, last):
+    def side(crop, unit):
         before, after = crop
-        parts = [f"{before} {unit} cropped {first}"] if before else []
+        parts = [text(f"transpose.crop_{unit}.before", n=before)] if before else []
         if after > 0:
-            parts.append(f"{after} {unit} cropped {last}")
+            parts.append(text(f"transpose.crop_{unit}.after", n=after))
         elif after < 0:
-            parts.append(f"{-after} extra {unit} {last} (output_padding: bias only)")
+            parts.append(text(f"transpose.crop_{unit}.extra", n=-after))
         return parts
 
-    if one_d:
-        parts = side(crop_h, "step(s)", "at the start", "at the end")
-    else:
-        parts = side(crop_h, "row(s)", "at the top", "at the bottom") + side(crop_w, "column(s)", "left", "right")
-    return f"padding '{padding}': " + (", ".join(parts) if parts else "the full transposed output, nothing cropped")
+    parts = side(crop_h, "steps") if one_d else side(crop_h, "rows") + side(crop_w, "cols")
+    return text("transpose.padding", padding=padding,
+                what=text("transpose.list_sep").join(parts) if parts else text("transpose.nothing_cropped"))
 
 
 @handles("Conv2DTranspose")

@@ -13,7 +13,7 @@ class FlattenWriter(LayerWriter):
     options = {"data_format": one_of("channels_last", "channels_first")}
 
     def describe(self):
-        return f"copies every value into one column in Keras's order ({self.config['data_format']})"
+        return text("describe.flatten", data_format=self.config["data_format"])
 
     def order(self, x):
         """Keras's Flatten: with data_format='channels_first' the first axis is moved last first."""
@@ -52,8 +52,8 @@ class FlattenWriter(LayerWriter):
         sheet = book.add_sheet(name, text("stage.flatten", step=ctx.step, name=self.name, n=len(values),
                                           data_format=fmt),
                                text("stage.flatten_explain", order=order))
-        sheet.label(FIRST_ROW - 1, FIRST_COL, "value", book.fmt_header)
-        sheet.label(FIRST_ROW - 1, FIRST_COL + 1, "comes from", book.fmt_header)
+        sheet.label(FIRST_ROW - 1, FIRST_COL, text("stage.flatten_value"), book.fmt_header)
+        sheet.label(FIRST_ROW - 1, FIRST_COL + 1, text("stage.flatten_from"), book.fmt_header)
         for i, (r, v) in enumerate(zip(refs, values)):
             sheet.formula(FIRST_ROW + i, FIRST_COL, r, v)
             sheet.ws.write_number(FIRST_ROW + i, 0, i, book.fmt_axis)
@@ -74,7 +74,8 @@ class DenseWriter(LayerWriter):
 
     def describe(self):
         fn = act.activation_name(self.config["activation"])
-        return f"{self.config['units']} units" + (f", then {fn}" if fn != "linear" else "")
+        return text("describe.dense", units=self.config["units"],
+                    then=text("describe.then", fn=fn) if fn != "linear" else "")
 
     def write(self, ctx, x):
         if x.rank != 1:
@@ -87,7 +88,7 @@ class DenseWriter(LayerWriter):
         book = ctx.book
         wname = write_weight_matrix(ctx, self.name, " w", kernel, bias,
                                     text("weights.dense_title", name=self.name, n_in=n_in, units=units),
-                                    lambda j: f"unit {j}")
+                                    lambda j: text("weights.unit_label", j=j))
 
         z = x.values @ kernel + (bias if bias is not None else 0.0)
         fn = act.activation_name(self.config["activation"])

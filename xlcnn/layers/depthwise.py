@@ -159,9 +159,10 @@ class _DepthwiseBase(LayerWriter):
     def describe(self):
         c = self.config
         fn = act.activation_name(c["activation"])
-        extra = f", then {fn}" if fn != "linear" else ""
-        return (f"depthwise, {self.window.text('kernel')} × multiplier {c['depth_multiplier']}, "
-                f"padding {c['padding']}{extra}")
+        then = text("describe.then", fn=fn) if fn != "linear" else ""
+        key = "describe.separable" if self.kind.startswith("Separable") else "describe.depthwise"
+        return text(key, filters=c.get("filters"), geometry=self.window.text("kernel"), dm=c["depth_multiplier"],
+                    padding=c["padding"], then=then)
 
 
 @dataclass
@@ -200,7 +201,7 @@ class DepthwiseConv2DWriter(_DepthwiseBase):
                         padding_text=ptext)
 
         def explain_of(o, wsheet):
-            c = "o ÷ multiplier" if o is None else o // dm
+            c = text("depthwise.any_channel") if o is None else o // dm
             note = ""
             if bias_axis:
                 note = " " + text("stage.bias_along_steps" if self.one_d else "stage.bias_along_width",
@@ -224,10 +225,6 @@ class SeparableConv2DWriter(_DepthwiseBase):
                    # Keras 2 files also list the Conv2D-inherited kernel_* options (training only)
                    kernel_regularizer=ok, kernel_constraint=ok)
 
-    def describe(self):
-        return super().describe().replace("depthwise", f"{self.config['filters']} filters: depthwise", 1) + \
-            ", then pointwise 1×1"
-
     def write(self, ctx, x):
         geo = self.geometry(x)
         (oh, ow) = geo.out
@@ -246,7 +243,7 @@ class SeparableConv2DWriter(_DepthwiseBase):
                         padding_text=ptext)
 
         def explain_of(o, wsheet):
-            c = "o ÷ multiplier" if o is None else o // dm
+            c = text("depthwise.any_channel") if o is None else o // dm
             return text("depthwise.sep_dw_explain", cin_channel=c, wsheet=wsheet, mid=mid)
 
         d, dw_places, _ = self.write_depthwise_maps(ctx, x, dk, None, geo, title_of, explain_of, " dw")

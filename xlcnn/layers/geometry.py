@@ -83,13 +83,15 @@ class Window:
         return self.apply(H, W, clip=not x.has_border(pads))
 
     def text(self, what, show_dilation=True):
-        """'kernel 3×3 · stride 2×2 · dilation 1×1', or 'kernel 5 · stride 1 · dilation 2' in 1-D."""
+        """'kernel 3×3 · stride 2×2 · dilation 1×1', or 'kernel 5 · stride 1 · dilation 2' in 1-D;
+        what is 'kernel' or 'pool', said in the workbook's language (stage.window_kernel)."""
         (kh, kw), (sh, sw), (dh, dw) = self.size, self.strides, self.dilation
+        word = text(f"stage.window_{what}")
         if self.one_d:
-            dilation = f" · dilation {dh}" if show_dilation else ""
-            return text("stage.geometry_1d", what=what, kh=kh, sh=sh, dilation=dilation)
-        dilation = f" · dilation {dh}×{dw}" if show_dilation else ""
-        return text("stage.geometry_2d", what=what, kh=kh, kw=kw, sh=sh, sw=sw, dilation=dilation)
+            dilation = text("stage.dilation_1d", dh=dh) if show_dilation else ""
+            return text("stage.geometry_1d", what=word, kh=kh, sh=sh, dilation=dilation)
+        dilation = text("stage.dilation_2d", dh=dh, dw=dw) if show_dilation else ""
+        return text("stage.geometry_2d", what=word, kh=kh, kw=kw, sh=sh, sw=sw, dilation=dilation)
 
     def padding_text(self, family, pads):
         return padding_text(self.padding, family, pads, self.one_d)

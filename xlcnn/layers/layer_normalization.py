@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layout import FIRST_COL, FIRST_ROW, a1, rng
+from ..layout import FIRST_COL, FIRST_ROW, a1, rng, text
 from .base import HEADER_ROWS, LayerWriter, handles, ok, write_cellwise_stage
 from .elementwise import ParamSheet
 
@@ -199,8 +199,8 @@ class LayerNormalizationWriter(LayerWriter):
 
     def describe(self):
         c = self.config
-        what = "x / √(var + ε) × gamma (rms_scaling)" if self.rms else "(x − mean) / √(var + ε) × gamma + beta"
-        return f"{what} over axis {c['axis']}, ε = {float(c['epsilon']):g}, per sample"
+        what = text("describe.layer_norm_rms" if self.rms else "describe.layer_norm_what")
+        return text("describe.layer_norm", what=what, axis=c["axis"], epsilon=f"{float(c['epsilon']):g}")
 
     # -- writing -------------------------------------------------------------------------------
     def write(self, ctx, x):
@@ -214,10 +214,11 @@ class LayerNormalizationWriter(LayerWriter):
         if (gamma is not None and gamma_b is None) or (beta is not None and beta_b is None):
             self.refuse(f"its gamma/beta of shape {np.shape(gamma if gamma is not None else beta)} do not span "
                         f"axis {c['axis']} of the {shape} input")
-        names = axis_names(x.rank, x.channel_axis)
+        said = text("layer_norm.axis_names")
+        names = [said[a] for a in axis_names(x.rank, x.channel_axis)]
         kept = [k for k in range(x.rank) if k not in axes]
         n = int(np.prod([shape[k] for k in axes]))
-        over = ", ".join(names[k] for k in axes)
+        over = text("layer_norm.list_sep").join(names[k] for k in axes)
 
         # every group has the same pieces (one range per sheet it touches): check Excel's limits once
         pieces0 = group_pieces(x, axes, tuple(0 for _ in kept))
@@ -237,11 +238,11 @@ class LayerNormalizationWriter(LayerWriter):
         eps_col, mean_col = FIRST_COL, FIRST_COL + 2
         var_col = mean_col + gw + 1
         if not kept:
-            layout = "one group: every value of the sample"
+            layout = text("layer_norm.one_group")
         elif len(kept) == 1:
-            layout = f"one row per index along {names[kept[0]]}"
+            layout = text("layer_norm.by_index", axis=names[kept[0]])
         else:
-            layout = f"rows: {names[kept[0]]}, columns: {names[kept[1]]}"
+            layout = text("layer_norm.by_grid", rows=names[kept[0]], cols=names[kept[1]])
 
         def mean_formula(pieces):
             return "AVERAGE(" + ",".join(rng(*p) for p in pieces) + ")"
@@ -257,16 +258,13 @@ class LayerNormalizationWriter(LayerWriter):
                         f"be {longest:,} characters, past Excel's {EXCEL_MAX_FORMULA:,}")
 
         sheet = book.add_sheet(
-            stats, f"{ctx.step} {self.name} · {self.kind} statistics · mean and variance of each group of {n} "
-                   f"value(s) over {over} (axis {c['axis']}) · {layout}",
-            "mean = AVERAGE(the group's cells); variance = the sum of (cell − mean)² over the group / n "
-            "(SUMPRODUCT for a range), Keras's biased variance (divided by n, not n − 1); epsilon is added to "
-            "the variance in every output cell.",
-            map_width=2 * gw + 3)
-        sheet.label(FIRST_ROW - 2, eps_col, "epsilon", book.fmt_header)
+            stats, text("layer_norm.stats_title", step=ctx.step, name=self.name, kind=self.kind, n=n, over=over,
+                        axis=c["axis"], layout=layout),
+            text("layer_norm.stats_explain"), map_width=2 * gw + 3)
+        sheet.label(FIRST_ROW - 2, eps_col, text("layer_norm.epsilon"), book.fmt_header)
         sheet.numbers(FIRST_ROW, eps_col, [[eps]], book.fmt_label)
-        sheet.label(FIRST_ROW - 2, mean_col, "mean", book.fmt_header)
-        sheet.label(FIRST_ROW - 2, var_col, "variance", book.fmt_header)
+        sheet.label(FIRST_ROW - 2, mean_col, text("layer_norm.mean"), book.fmt_header)
+        sheet.label(FIRST_ROW - 2, var_col, text("layer_norm.variance"), book.fmt_header)
         sheet.axis_labels(FIRST_ROW, mean_col, gh, gw)
         sheet.axis_labels(FIRST_ROW, var_col, gh, gw)
         for index in np.ndindex(*(shape[k] for k in kept)):
@@ -295,24 +293,23 @@ class LayerNormalizationWriter(LayerWriter):
             return f
 
         if self.rms:
-            what = "x / √(var + ε) × gamma (Keras's deprecated rms_scaling: divides by the standard deviation)"
+            what = text("layer_norm.what_rms", over=over)
         else:
-            what = "(x − mean) / √(var + ε)" + (" × gamma" if gamma_b is not None else "") + \
-                   (" + beta" if beta_b is not None else "")
-        what += f" over {over}"
-        explain = (f"mean and variance: this cell's group of {n} value(s) over {over} (axis {c['axis']}), "
-                   f"on sheet '{stats}'")
+            what = text("layer_norm.what", over=over, gamma=text("layer_norm.gamma") if gamma_b is not None else "",
+                        beta=text("layer_norm.beta") if beta_b is not None else "")
+        more = ""
         if params is not None:
-            explain += f"; {' and '.join(label for label, _ in arrays)} on sheet '{params.name}'"
-        explain += "."
+            more = text("layer_norm.explain_params", names=text("layer_norm.and").join(label for label, _ in arrays),
+                        psheet=params.name)
+        explain = text("layer_norm.explain", n=n, over=over, axis=c["axis"], stats=stats, params=more)
         positional = sorted(self.axis_list(), key=lambda a: a % (x.rank + 1))
         if arrays and sorted(self.axis_list()) != positional:
-            explain += (f" Keras sorts the axis list as written ({sorted(self.axis_list())}), stores gamma/beta in "
-                        "that order and reshapes them to the input's axis order: the workbook reads them the same way.")
+            explain += text("layer_norm.sorted_axes", axes=sorted(self.axis_list()))
 
         def title(channel):
             if channel is None:
-                return f"{ctx.step} {self.name} · {self.kind} · {what}"
-            return f"{ctx.step} {self.name} · {self.kind} · channel {channel} of {x.channels} · {what}"
+                return text("layer_norm.title", step=ctx.step, name=self.name, kind=self.kind, what=what)
+            return text("layer_norm.title_channel", step=ctx.step, name=self.name, kind=self.kind, channel=channel,
+                        channels=x.channels, what=what)
 
         return write_cellwise_stage(ctx, self, x, out, formula_of, title, explain)

@@ -14,13 +14,14 @@ from ..layout import FIRST_COL, FIRST_ROW, Tensor, text
 from .base import LayerWriter, MapSheets, handles, ok, which_text, write_cellwise_stage
 
 _ELEMENTWISE = {
-    # Keras class -> (formula from the input cell references, float64 reduction, words)
-    "Add": (lambda refs: "+".join(refs), lambda xs: np.sum(xs, axis=0), "sum of the inputs"),
-    "Subtract": (lambda refs: f"{refs[0]}-{refs[1]}", lambda xs: xs[0] - xs[1], "first input minus second"),
-    "Multiply": (lambda refs: "*".join(refs), lambda xs: np.prod(xs, axis=0), "product of the inputs"),
-    "Average": (lambda refs: f"AVERAGE({','.join(refs)})", lambda xs: np.mean(xs, axis=0), "average of the inputs"),
-    "Maximum": (lambda refs: f"MAX({','.join(refs)})", lambda xs: np.max(xs, axis=0), "largest input"),
-    "Minimum": (lambda refs: f"MIN({','.join(refs)})", lambda xs: np.min(xs, axis=0), "smallest input"),
+    # Keras class -> (formula from the input cell references, float64 reduction); the words are
+    # texts.toml's stage.merge_what
+    "Add": (lambda refs: "+".join(refs), lambda xs: np.sum(xs, axis=0)),
+    "Subtract": (lambda refs: f"{refs[0]}-{refs[1]}", lambda xs: xs[0] - xs[1]),
+    "Multiply": (lambda refs: "*".join(refs), lambda xs: np.prod(xs, axis=0)),
+    "Average": (lambda refs: f"AVERAGE({','.join(refs)})", lambda xs: np.mean(xs, axis=0)),
+    "Maximum": (lambda refs: f"MAX({','.join(refs)})", lambda xs: np.max(xs, axis=0)),
+    "Minimum": (lambda refs: f"MIN({','.join(refs)})", lambda xs: np.min(xs, axis=0)),
 }
 
 
@@ -38,7 +39,7 @@ class ElementwiseMergeWriter(LayerWriter):
     options = {}
 
     def describe(self):
-        return _ELEMENTWISE[self.kind][2]
+        return text(f"stage.merge_what.{self.kind}")
 
     def write(self, ctx, inputs):
         if self.kind == "Subtract" and len(inputs) != 2:
@@ -46,7 +47,8 @@ class ElementwiseMergeWriter(LayerWriter):
         if len(inputs) > 200:
             self.refuse(f"{len(inputs)} inputs would pass Excel's 255-argument limit")
         _same_layout(self, inputs)
-        formula, reduce, what = _ELEMENTWISE[self.kind]
+        formula, reduce = _ELEMENTWISE[self.kind]
+        what = text(f"stage.merge_what.{self.kind}")
         first = inputs[0]
         out = reduce(np.stack([t.values for t in inputs]))
 
@@ -66,7 +68,7 @@ class ConcatenateWriter(LayerWriter):
     options = {"axis": ok}
 
     def describe(self):
-        return f"joins its inputs along axis {self.config['axis']}"
+        return text("describe.concat", axis=self.config["axis"])
 
     def write(self, ctx, inputs):
         first = inputs[0]

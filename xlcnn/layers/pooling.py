@@ -51,8 +51,8 @@ class Pooling2DWriter(LayerWriter):
         self.expect_rank(input_shapes, 2 if self.one_d else 3)
 
     def describe(self):
-        what = "max" if self.is_max else "average"
-        return f"{what} of windows: {self.window.text('pool', show_dilation=False)}, padding {self.config['padding']}"
+        return text("describe.pool_max" if self.is_max else "describe.pool_avg",
+                    geometry=self.window.text("pool", show_dilation=False), padding=self.config["padding"])
 
     def write(self, ctx, x):
         c = self.config
@@ -106,9 +106,8 @@ class GlobalPooling2DWriter(LayerWriter):
         return self.kind.startswith("GlobalMax")
 
     def describe(self):
-        what = "max" if self.is_max else "average"
         keep = " (keepdims)" if self.config.get("keepdims") else ""
-        return f"{what} of each whole map: one value per channel{keep}"
+        return text("describe.global_max" if self.is_max else "describe.global_avg", keepdims=keep)
 
     def write(self, ctx, x):
         axis = check_layout(self, x, self.rank)
@@ -118,7 +117,8 @@ class GlobalPooling2DWriter(LayerWriter):
         chw = x.chw().reshape(x.channels, -1)
         out = chw.max(axis=1) if self.is_max else chw.mean(axis=1)
         book = ctx.book
-        explain = text(f"reshaping.{key}_explain", size=f"{H}×{W}" if self.rank == 3 else f"{H}-step")
+        size = f"{H}×{W}" if self.rank == 3 else text("reshaping.size_steps", n=H)
+        explain = text(f"reshaping.{key}_explain", size=size)
         if self.config.get("keepdims"):
             return write_copy_maps(ctx, self, out[:, None, None],
                                    lambda c, i, j: f"{fn}({x.window(c, 0, H - 1, 0, W - 1)})", axis,

@@ -19,7 +19,7 @@ class NormalizationWriter(LayerWriter):
     }
 
     def describe(self):
-        return "(x − mean) / max(√variance, epsilon), with the layer's stored mean and variance"
+        return text("describe.normalization")
 
     def write(self, ctx, x):
         spec = self.spec
@@ -60,7 +60,7 @@ class RescalingWriter(LayerWriter):
     options = {"scale": _finite_numbers, "offset": _finite_numbers}
 
     def describe(self):
-        return "x × scale + offset"
+        return text("elementwise.rescaling_what")
 
     def _param(self, value, x):
         """scale or offset as Keras 3 broadcasts it: a list under channels_first image_data_format

@@ -43,7 +43,7 @@ class ZeroPadding2DWriter(LayerWriter):
 
     def describe(self):
         (t, b), (l, r) = _pairs(self.config["padding"])
-        return f"zeros around the map: {t} row(s) above, {b} below, {l} column(s) left, {r} right"
+        return text("describe.zero_padding", top=t, bottom=b, left=l, right=r)
 
     rank = 3
 
@@ -75,7 +75,7 @@ class Cropping2DWriter(LayerWriter):
 
     def describe(self):
         (t, b), (l, r) = _pairs(self.config["cropping"])
-        return f"cuts {t} row(s) above, {b} below, {l} column(s) left, {r} right"
+        return text("describe.cropping", top=t, bottom=b, left=l, right=r)
 
     rank = 3
 
@@ -106,7 +106,7 @@ class UpSampling2DWriter(LayerWriter):
 
     def describe(self):
         sh, sw = pair(self.config["size"])
-        return f"nearest: each cell repeated {sh}×{sw}"
+        return text("describe.upsampling", sh=sh, sw=sw)
 
     rank = 3
 
@@ -140,7 +140,7 @@ class ReshapeWriter(LayerWriter):
     options = {"target_shape": _target_rank}
 
     def describe(self):
-        return f"the same values in Keras's C order, shaped {tuple(self.config['target_shape'])}"
+        return text("describe.reshape", shape=tuple(self.config["target_shape"]))
 
     def write(self, ctx, x):
         target = tuple(int(v) for v in self.config["target_shape"])
@@ -171,8 +171,8 @@ class ReshapeWriter(LayerWriter):
         rank = values.ndim
         axis = channel_axis(fmt, rank)
         chw_refs = Tensor(self.name, refs, axis, []).chw()
-        where = "one sheet per channel" if rank == 3 else "one column per channel"
-        order = f"{fmt}: channel axis {axis} of {shape_text} is stored {where}."
+        where = text("reshaping.stored_sheets" if rank == 3 else "reshaping.stored_columns")
+        order = text("reshaping.reshape_stored", data_format=fmt, axis=axis, shape=shape_text, where=where)
         chw = Tensor(self.name, values, axis, []).chw()
         return write_copy_maps(ctx, self, chw, lambda c, i, j: chw_refs[c, i, j], axis,
                                lambda c: text("reshaping.reshape_3d", step=ctx.step, name=self.name, shape=shape_text,
@@ -206,7 +206,7 @@ class ZeroPadding1DWriter(ZeroPadding2DWriter):
 
     def describe(self):
         before, after = _pair_1d(self.config["padding"])
-        return f"zeros around the signal: {before} step(s) before, {after} after"
+        return text("describe.zero_padding_1d", before=before, after=after)
 
 
 @handles("Cropping1D")
@@ -220,7 +220,7 @@ class Cropping1DWriter(Cropping2DWriter):
 
     def describe(self):
         before, after = _pair_1d(self.config["cropping"])
-        return f"cuts {before} step(s) at the start, {after} at the end"
+        return text("describe.cropping_1d", before=before, after=after)
 
 
 @handles("UpSampling1D")
@@ -233,4 +233,4 @@ class UpSampling1DWriter(UpSampling2DWriter):
         return int(self.config["size"]), 1
 
     def describe(self):
-        return f"each step repeated {self.config['size']} times"
+        return text("describe.upsampling_1d", n=self.config["size"])

@@ -173,8 +173,8 @@ def write_softmax_maps(ctx, writer, x):
                                           channel=c, channels=x.channels),
                                text("stage.softmax_across" if across_sheets else "stage.softmax_rows"),
                                map_width=2 * w + 1)
-        sheet.label(FIRST_ROW - 2, e_col, "exp(x - max)", book.fmt_header)
-        sheet.label(FIRST_ROW - 2, out_col, "softmax", book.fmt_header)
+        sheet.label(FIRST_ROW - 2, e_col, text("stage.exp_header_maps"), book.fmt_header)
+        sheet.label(FIRST_ROW - 2, out_col, text("stage.softmax_header"), book.fmt_header)
         sheet.axis_labels(FIRST_ROW, e_col, h, w)
         sheet.axis_labels(FIRST_ROW, out_col, h, w)
         for i in range(h):
@@ -222,7 +222,7 @@ def write_log_softmax_column(sheet, col, in_first_row, z, in_col, in_sheet):
     n = len(z)
     zr = rng(in_sheet, in_first_row, in_col, in_first_row + n - 1, in_col, absolute=True)
     e = np.exp(z - np.max(z))
-    sheet.label(FIRST_ROW - 1, col, "exp(z - max z)", sheet.book.fmt_header)
+    sheet.label(FIRST_ROW - 1, col, text("stage.exp_header"), sheet.book.fmt_header)
     sheet.label(FIRST_ROW - 1, col + 1, text("elementwise.log_softmax"), sheet.book.fmt_header)
     for i in range(n):
         cell = rng(in_sheet, in_first_row + i, in_col, in_first_row + i, in_col)
@@ -240,8 +240,8 @@ def write_1d_activation(sheet, col, in_tensor_col_first_row, z, name, in_col, in
 
     Returns (values, output column)."""
     if name == "softmax":
-        sheet.label(FIRST_ROW - 1, col, "exp(z - max z)")
-        sheet.label(FIRST_ROW - 1, col + 1, "softmax")
+        sheet.label(FIRST_ROW - 1, col, text("stage.exp_header"))
+        sheet.label(FIRST_ROW - 1, col + 1, text("stage.softmax_header"))
         return write_softmax_column(sheet, col, in_tensor_col_first_row, z, in_col, in_sheet)
     if name == "log_softmax":
         return write_log_softmax_column(sheet, col, in_tensor_col_first_row, z, in_col, in_sheet)
