@@ -4,9 +4,11 @@ language into the next build of the same process."""
 
 from __future__ import annotations
 
+import re
 import string
 import tomllib
 
+import numpy as np
 import openpyxl
 import pytest
 
@@ -145,3 +147,118 @@ def test_unknown_language_is_refused_by_argparse(tmp_path, capsys):
     assert exc.value.code == 2
     assert "--lang" in capsys.readouterr().err
     assert not out.exists()
+
+
+# -- every kind of sheet in Japanese (issue #10 item 8) ---------------------------------------------
+
+# English that the writers used to write directly and now take from texts.toml: none of it may show
+# in a Japanese workbook. Keras names (Conv2D, 'same', relu, softmax as a function), layer and sheet
+# names, formulas and the about and manifest sheets (a machine-read contract) stay as they are.
+ENGLISH = re.compile(r"\b(?:the|of|and|each|every|from|then|filters|kernel \d|pool \d|stride|dilation|units?|"
+                     r"value|comes from|total|ch \d|row \d|col \d|channels?|per (?:channel|sample)|windows|"
+                     r"multiplier|transposed|cropped|statistics|mean|variance|padding|weights|Weights|"
+                     r"read \S+:|used as is|sum of the inputs)\b|exp\([xz] - max")
+
+
+def _every_kind(k):
+    """Two tiny models that between them write every kind of sheet; layer names that are no English
+    word of ENGLISH, so a name cannot hide a leak."""
+    L = k.layers
+    x = k.Input((6, 6, 1), name="px")
+    y = L.Conv2D(2, 3, padding="same", activation="relu", name="c2")(x)
+    y = L.MaxPooling2D(2, name="mp")(y)
+    a = L.DepthwiseConv2D(2, padding="same", name="dw")(y)
+    b = L.BatchNormalization(name="bn")(y)
+    y = L.Add(name="plus")([a, b])
+    y = L.Flatten(name="fl")(y)
+    first = k.Model(x, L.Dense(3, activation="softmax", name="probs")(y))
+    x = k.Input((6, 2), name="sig")
+    y = L.Conv1D(2, 3, padding="causal", name="c1")(x)
+    y = L.LayerNormalization(name="ln")(y)
+    y = L.Reshape((6, 2, 1), name="rs")(y)
+    y = L.Conv2DTranspose(1, 2, strides=2, name="ct")(y)
+    y = L.Flatten(name="fl2")(y)
+    second = k.Model(x, L.Dense(2, name="out")(y))
+    return {"first": (first, (6, 6, 1)), "second": (second, (6, 2))}
+
+
+@pytest.fixture(scope="module")
+def every_kind(tmp_path_factory):
+    """{model: {lang: (workbook path, BuildResult)}}, each model built in Japanese and in English."""
+    from conftest import keras
+    from xlcnn.build import build
+    folder = tmp_path_factory.mktemp("every_kind")
+    rng = np.random.default_rng(10)
+    books = {}
+    for name, (model, shape) in _every_kind(keras()).items():
+        model.save(str(folder / f"{name}.keras"))
+        np.save(folder / f"{name}.npy", rng.random(shape).astype(np.float32))
+        books[name] = {lang: (folder / f"{name}_{lang}.xlsx",
+                              build(folder / f"{name}.keras", folder / f"{name}.npy", folder / f"{name}_{lang}.xlsx",
+                                    lang=lang))
+                       for lang in ("ja", "en")}
+    return books
+
+
+def _texts_of(path):
+    """{sheet: [text cells]} of a workbook, the about and manifest sheets left out."""
+    wb = openpyxl.load_workbook(path)
+    return {ws.title: [v for row in ws.iter_rows(values_only=True) for v in row
+                       if isinstance(v, str) and not v.startswith("=")]
+            for ws in wb.worksheets if ws.title not in ("about", "manifest")}
+
+
+@pytest.mark.parametrize("model", ["first", "second"])
+def test_japanese_workbook_has_no_english_left(every_kind, model):
+    path, result = every_kind[model]["ja"]
+    texts = _texts_of(path)
+    kinds = {"Conv2D", "MaxPooling2D", "DepthwiseConv2D", "BatchNormalization", "Add", "Flatten", "Dense"} \
+        if model == "first" else {"Conv1D", "LayerNormalization", "Reshape", "Conv2DTranspose", "Flatten", "Dense"}
+    summary = " ".join(texts["overview"])
+    assert all(kind in summary for kind in kinds)
+    # names (sheets, quoted or linked) say nothing: take them out before looking for English
+    names = sorted(texts, key=len, reverse=True)
+    leaks = []
+    for sheet, values in texts.items():
+        for value in values:
+            bare = value
+            for name in names:
+                bare = bare.replace(name, "")
+            if ENGLISH.search(bare) or bare.strip() in ("softmax", "unit", "value"):
+                leaks.append(f"{sheet}: {value}")
+    assert leaks == []
+    # the terminal stays English (the build's result is what the CLI prints)
+    assert result.preprocessing[0].startswith(f"read {model}.npy: array ")
+
+
+def test_japanese_words_where_english_was(every_kind):
+    ja = _texts_of(every_kind["first"]["ja"][0])
+    overview = ja["overview"]
+    assert "フィルタ 2 個、カーネル 3×3 · ストライド 1×1 · 膨張率 1×1、パディング same、続いて relu" in overview
+    assert "最大値プーリング: ウィンドウ 2×2 · ストライド 2×2、パディング valid" in overview
+    assert "ユニット 3 個、続いて softmax" in overview and "入力の和" in overview and "合計" in overview
+    assert any(v.startswith("1. first.npy を読み込み: 配列 (6, 6, 1) float32") for v in overview)
+    assert {"値", "元の位置", "チャネル 0 · 行 0 · 列 0"} <= set(ja["07 fl"])
+    assert {"exp(z − max z)", "ソフトマックス"} <= set(ja["08 probs"])
+    assert "ユニット 0" in ja["08 probs w"]
+    second = _texts_of(every_kind["second"]["ja"][0])
+    assert "チャネル 0 · 行 0 · 列 0" in second["06 fl2"]
+    assert any("の統計量" in v for v in second["03 ln stats"])
+    assert any("（転置畳み込み）" in v and "切り取りなし" in v for v in second["05 ct c0"])
+
+
+def test_english_workbook_reads_as_before(every_kind):
+    en = _texts_of(every_kind["first"]["en"][0])
+    overview = en["overview"]
+    assert "2 filters, kernel 3×3 · stride 1×1 · dilation 1×1, padding same, then relu" in overview
+    assert "max of windows: pool 2×2 · stride 2×2, padding valid" in overview
+    assert "3 units, then softmax" in overview and "sum of the inputs" in overview and "total" in overview
+    assert "1. read first.npy: array (6, 6, 1) float32, used as is (no resizing, inversion or scaling)" in overview
+    assert {"value", "comes from", "ch 0 · row 0 · col 0"} <= set(en["07 fl"])
+    assert {"exp(z - max z)", "softmax"} <= set(en["08 probs"])
+    assert "unit 0" in en["08 probs w"]
+    second = _texts_of(every_kind["second"]["en"][0])
+    assert ("03 ln · LayerNormalization statistics · mean and variance of each group of 2 value(s) over channels "
+            "(axis [-1]) · one row per index along steps") in second["03 ln stats"]
+    assert ("05 ct · Conv2DTranspose · output channel 0 of 1 · kernel 2×2 · stride 2×2 · dilation 1×1 · "
+            "padding 'valid': the full transposed output, nothing cropped") in second["05 ct c0"]
