@@ -134,12 +134,15 @@ def test_json_refusals(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_rank2_input_is_named_for_its_rank_not_its_size(tmp_path, capsys):
+def test_an_input_of_unsupported_rank_is_named_for_its_rank_not_its_size(tmp_path, capsys):
+    """Rank-2 inputs (signals, 2-D images) work (tests/test_layers_1d.py); a rank-4 one is refused
+    by its rank, not as 'an input of unknown size'."""
     k = keras()
-    model = k.Sequential([k.Input((28, 28)), k.layers.Reshape((28, 28, 1)), k.layers.Conv2D(2, 3)])
-    model.save(str(tmp_path / "r2.keras"))
-    err = _error_line(capsys, cli("build", tmp_path / "r2.keras", DIGIT, "-o", tmp_path / "o.xlsx"))
-    assert "rank-2 input of shape (28, 28)" in err and "unknown size" not in err
+    model = k.Sequential([k.Input((4, 4, 4, 1)), k.layers.Flatten(), k.layers.Dense(2)])
+    model.save(str(tmp_path / "r4.keras"))
+    np.save(tmp_path / "x.npy", np.zeros((4, 4, 4, 1), np.float32))
+    err = _error_line(capsys, cli("build", tmp_path / "r4.keras", tmp_path / "x.npy", "-o", tmp_path / "o.xlsx"))
+    assert "rank-4 input of shape (4, 4, 4, 1)" in err and "unknown size" not in err
 
 
 @pytest.mark.parametrize("activation, word", [("softmax", "probability"), ("sigmoid", "probability"),

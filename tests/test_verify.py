@@ -249,8 +249,9 @@ def test_junit_of_an_honest_workbook(books, capsys, monkeypatch):
         ("cached values agree with the formulas", "xlcnn.workbook"),
         ("formulas where formulas belong", "xlcnn.workbook"),
         ("Excel limits and portable functions", "xlcnn.workbook"),
+        ("trace sheets give their stage's value", "xlcnn.workbook"),
         ("top-1 prediction agrees with Keras", "xlcnn.workbook")]
-    assert suite["tests"] == "13" and suite["failures"] == "0" and suite["skipped"] == "0"
+    assert suite["tests"] == "14" and suite["failures"] == "0" and suite["skipped"] == "0"
     assert all(c[2] is None and not c[4] for c in cases)
     assert annotations(out) == [] and "::" not in out          # nothing to annotate on a pass
 
@@ -268,8 +269,10 @@ def test_junit_fails_exactly_the_broken_stage_naming_its_worst_cell(books, tmp_p
     assert code == 1 and "::" not in out                     # no annotations outside GitHub Actions
     suite, cases = junit(bad.with_suffix(".junit.xml"))
     failed = {c[0]: c for c in cases if c[2] is not None}
-    assert sorted(failed) == ["cached values agree with the formulas", "predictions"]
-    assert suite["failures"] == "2" and suite["tests"] == "13"
+    # the trace of the predictions computes the true value beside the tampered stage cell
+    assert sorted(failed) == ["cached values agree with the formulas", "predictions",
+                              "trace sheets give their stage's value"]
+    assert suite["failures"] == "3" and suite["tests"] == "14"
     _, classname, failure, text, _ = failed["predictions"]
     assert classname == "Dense" and failure["type"] == "StageMismatch"
     assert failure["message"].startswith("'09 predictions'!D12: workbook 0.4999")
@@ -277,7 +280,7 @@ def test_junit_fails_exactly_the_broken_stage_naming_its_worst_cell(books, tmp_p
                      failure["message"]), failure["message"]
     assert "layer predictions (Dense), shape (10,)" in text
     stale = failed["cached values agree with the formulas"]
-    assert stale[2]["type"] == "StaleCachedValue" and stale[2]["message"].startswith("5 formula cells")
+    assert stale[2]["type"] == "StaleCachedValue" and stale[2]["message"].startswith("7 formula cells")  # + overview, gallery, trace
     assert "'09 predictions'!D12: cached 0.99999" in stale[3]
 
 
@@ -291,9 +294,10 @@ def test_github_annotations_for_a_broken_workbook(books, tmp_path, capsys, monke
     found = annotations(out)
     assert [(level, title) for level, title, _ in found] == [
         ("error", "xlcnn verify: first failing stage predictions (Dense)"),
-        ("error", "xlcnn verify: cached values agree with the formulas")]
+        ("error", "xlcnn verify: cached values agree with the formulas"),
+        ("error", "xlcnn verify: trace sheets give their stage's value")]
     assert found[0][2].startswith(f"{bad.name}: stage predictions differs from Keras; '09 predictions'!D12: workbook ")
-    assert found[1][2].startswith(f"{bad.name}: 5 formula cells show a stale cached value")
+    assert found[1][2].startswith(f"{bad.name}: 7 formula cells show a stale cached value")
 
 
 @pytest.mark.parametrize("tamper, kind, needle", [

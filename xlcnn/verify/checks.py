@@ -9,6 +9,7 @@ import re
 import numpy as np
 
 from ..formula import cell_name
+from ..manifest import parse_cell
 
 
 CACHED_RTOL = 1e-9
@@ -227,9 +228,9 @@ def _name_cell(target):
     m = _NAME_CELL.match(target.strip())
     if m is None:
         return None
-    from ..formula.parser import col_index
     sheet = m.group(1).replace("''", "'") if m.group(1) is not None else m.group(2)
-    return sheet, int(m.group(4)) - 1, col_index(m.group(3))
+    row, col = parse_cell(m.group(3) + m.group(4))       # the contract's own cell codec
+    return sheet, row, col
 
 
 def trace_checks(book, entries, values):
