@@ -211,7 +211,7 @@ def test_model_beyond_sheet_limits_is_refused_with_the_estimate(tmp_path, capsys
     np.save(tmp_path / "x.npy", np.zeros((2, 2, 1), np.float32))
     err = one_line_error(capsys, cli("build", tmp_path / "wide.keras", tmp_path / "x.npy", "-o", tmp_path / "o.xlsx"),
                          "too big for a workbook")
-    assert "10,006 sheets" in err and "estimate:" in err  # 3 + input + 10,001 channels + weights
+    assert "10,008 sheets" in err and "estimate:" in err  # 3 + gallery + input + 10,001 channels + weights + trace
     assert not (tmp_path / "o.xlsx").exists()
 
 

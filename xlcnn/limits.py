@@ -20,6 +20,8 @@ MAX_COLS = 16_384
 MAX_BYTES = 2_000_000_000    # beyond this neither program opens the file on an ordinary machine
 BYTES_PER_CONSTANT = 15      # measured on the samples and the LeNet-size bench model
 BYTES_PER_FORMULA = 40
+GALLERY_CELLS = 200_000      # the gallery's cap (styles.toml gallery.max_cells)
+TRACE_FORMULAS = 400         # about what one trace sheet holds (12 channel blocks of a 3x3 window)
 
 # What opening the workbook takes in LibreOffice 7.4 (a hard recalculation: every formula computed
 # on load), fitted by bench/bench_libreoffice.py as start + per sheet + per formula + per constant.
@@ -99,6 +101,14 @@ def estimate(loaded, writers) -> Estimate:
         if fp.rows > est.max_rows or fp.cols > est.max_cols:
             est.widest = fp.where
         est.max_rows, est.max_cols = max(est.max_rows, fp.rows), max(est.max_cols, fp.cols)
+    # the sheets every workbook adds besides the stages: the overview's live picture and scores,
+    # the gallery (a live tile per output cell of every map stage, capped), the trace sheets
+    from .trace import MAX_TRACES, TRACED
+    maps = sum(int(np.prod(w.spec.output_shape)) for w, _ in writers
+               if len(w.spec.output_shape) > 1 and not w.passthrough)
+    traces = min(sum(1 for w, _ in writers if w.kind in TRACED), MAX_TRACES)
+    est.sheets += 1 + traces
+    est.formulas += int(np.prod(shape)) + min(maps, GALLERY_CELLS) + TRACE_FORMULAS * traces
     return est
 
 
