@@ -185,3 +185,37 @@ def check_case(case, which):
         old, _ = stage_values(case["lo"])
         last = list(outs)[-1]
         assert not np.allclose(values[last], old[last]), "the new input did not change the output"
+
+
+def case_tests(cases, folder, images=None):
+    """The per-layer harness (as Keras's run_layer_test): for cases() = {name: (make_model, suffix)},
+    the module fixture `built` and the three tests every layer-case file runs on each case. Use:
+
+        built, test_cached_values_equal_keras, test_libreoffice_recalculation_equals_keras, \\
+            test_new_input_typed_into_cells_still_equals_keras = case_tests(_cases, "layers")
+    """
+    names = list(cases())
+
+    @pytest.fixture(scope="module")
+    def built(tmp_path_factory):
+        return build_cases(cases(), tmp_path_factory.mktemp(folder), images=images)
+
+    @pytest.mark.parametrize("name", names)
+    def test_cached_values_equal_keras(built, name):
+        """The values xlcnn stores with every formula already equal Keras (and xlcnn verify agrees)."""
+        check_case(built[name], "book")
+
+    @needs_libreoffice
+    @pytest.mark.parametrize("name", names)
+    def test_libreoffice_recalculation_equals_keras(built, name):
+        """LibreOffice recalculates every formula from scratch: every stage equals Keras."""
+        check_case(built[name], "lo")
+
+    @needs_libreoffice
+    @pytest.mark.parametrize("name", names)
+    def test_new_input_typed_into_cells_still_equals_keras(built, name):
+        """A second input typed into the input cells, recalculated: Keras again, and the output moved."""
+        check_case(built[name], "lo2")
+
+    return (built, test_cached_values_equal_keras, test_libreoffice_recalculation_equals_keras,
+            test_new_input_typed_into_cells_still_equals_keras)

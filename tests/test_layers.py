@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import (SHARED_MODELS, assert_matches_keras, build_cases, check_case, keras, needs_libreoffice,
+from conftest import (case_tests, SHARED_MODELS, assert_matches_keras, keras, needs_libreoffice,
                       stage_values)
 
 ACTIVATIONS = ["relu", "tanh", "sigmoid", "linear", "elu", "selu", "softplus", "softsign", "swish",
@@ -88,30 +88,10 @@ def _cases():
     return cases
 
 
-CASES = list(_cases())
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return build_cases(_cases(), tmp_path_factory.mktemp("layers"))
-
-
-@pytest.mark.parametrize("name", CASES)
-def test_cached_values_equal_keras(built, name):
-    """The values xlcnn stores with every formula already equal Keras (no recalculation)."""
-    check_case(built[name], "book")
-
-
-@needs_libreoffice
-@pytest.mark.parametrize("name", CASES)
-def test_libreoffice_recalculation_equals_keras(built, name):
-    check_case(built[name], "lo")
-
-
-@needs_libreoffice
-@pytest.mark.parametrize("name", CASES)
-def test_new_input_typed_into_cells_still_equals_keras(built, name):
-    check_case(built[name], "lo2")
+built, test_cached_values_equal_keras, test_libreoffice_recalculation_equals_keras, \
+    test_new_input_typed_into_cells_still_equals_keras = case_tests(_cases, "layers")
 
 
 def test_padding_notes_example_maxpool_avgpool_conv_same():

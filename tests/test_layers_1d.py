@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import build_cases, check_case, keras, needs_libreoffice, stage_values
+from conftest import case_tests, keras, stage_values
 
 
 def _cases():
@@ -103,27 +103,8 @@ def _cases():
     }
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return build_cases(_cases(), tmp_path_factory.mktemp("layers_1d"))
-
-
-@pytest.mark.parametrize("name", list(_cases()))
-def test_cached_values_equal_keras(built, name):
-    """The cached values xlcnn writes equal Keras's layer outputs (and xlcnn verify agrees)."""
-    check_case(built[name], "book")
-
-
-@needs_libreoffice
-@pytest.mark.parametrize("name", list(_cases()))
-def test_libreoffice_recalculation_equals_keras(built, name):
-    check_case(built[name], "lo")
-
-
-@needs_libreoffice
-@pytest.mark.parametrize("name", list(_cases()))
-def test_new_input_typed_into_cells_still_equals_keras(built, name):
-    check_case(built[name], "lo2")
+built, test_cached_values_equal_keras, test_libreoffice_recalculation_equals_keras, \
+    test_new_input_typed_into_cells_still_equals_keras = case_tests(_cases, "layers_1d")
 
 
 def test_signal_stage_is_one_sheet_with_a_column_per_channel(built):

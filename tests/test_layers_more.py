@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import check_case, assert_matches_keras, build_cases, keras, needs_libreoffice, stage_values
+from conftest import case_tests, assert_matches_keras, keras, needs_libreoffice, stage_values
 
 RANDOMIZED = ("BatchNormalization", "DepthwiseConv2D", "SeparableConv2D", "PReLU", "Conv2D", "Dense")
 
@@ -153,30 +153,10 @@ def _cases():
     return cases
 
 
-CASES = list(_cases())
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return build_cases(_cases(), tmp_path_factory.mktemp("layers_more"))
-
-
-@pytest.mark.parametrize("name", CASES)
-def test_cached_values_equal_keras(built, name):
-    """The values xlcnn stores with every formula already equal Keras (no recalculation)."""
-    check_case(built[name], "book")
-
-
-@needs_libreoffice
-@pytest.mark.parametrize("name", CASES)
-def test_libreoffice_recalculation_equals_keras(built, name):
-    check_case(built[name], "lo")
-
-
-@needs_libreoffice
-@pytest.mark.parametrize("name", CASES)
-def test_new_input_typed_into_cells_still_equals_keras(built, name):
-    check_case(built[name], "lo2")
+built, test_cached_values_equal_keras, test_libreoffice_recalculation_equals_keras, \
+    test_new_input_typed_into_cells_still_equals_keras = case_tests(_cases, "layers_more")
 
 
 def test_workbook_reads_parameters_from_cells(built):

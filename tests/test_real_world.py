@@ -6,9 +6,8 @@ Concatenate, and a model that starts with Rescaling(1/255) and so takes raw 0..2
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from conftest import SAMPLES, build_cases, check_case, keras, needs_libreoffice, stage_values
+from conftest import case_tests, SAMPLES, keras, stage_values
 
 
 def _cases():
@@ -83,7 +82,6 @@ IMAGES = {"mobilenet_v2_block": SAMPLES / "digits" / "digit_3.png",   # grayscal
           "resnet_block": SAMPLES / "digits" / "digit_5.png",
           "inception_block": SAMPLES / "digits" / "digit_1.jpg",
           "rescaling_first": SAMPLES / "digits" / "digit_9.png"}
-CASES = list(IMAGES)
 
 
 def _randomise_batchnorm(model, seed):
@@ -97,28 +95,13 @@ def _randomise_batchnorm(model, seed):
     return model
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    cases = {name: (lambda make=make, i=i: _randomise_batchnorm(make(), i), suffix)
-             for i, (name, (make, suffix)) in enumerate(_cases().items())}
-    return build_cases(cases, tmp_path_factory.mktemp("real_world"), images=IMAGES)
+def _randomised_cases():
+    return {name: (lambda make=make, i=i: _randomise_batchnorm(make(), i), suffix)
+            for i, (name, (make, suffix)) in enumerate(_cases().items())}
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_cached_values_equal_keras(built, name):
-    check_case(built[name], "book")
-
-
-@needs_libreoffice
-@pytest.mark.parametrize("name", CASES)
-def test_libreoffice_recalculation_equals_keras(built, name):
-    check_case(built[name], "lo")
-
-
-@needs_libreoffice
-@pytest.mark.parametrize("name", CASES)
-def test_new_input_typed_into_cells_still_equals_keras(built, name):
-    check_case(built[name], "lo2")
+built, test_cached_values_equal_keras, test_libreoffice_recalculation_equals_keras, \
+    test_new_input_typed_into_cells_still_equals_keras = case_tests(_randomised_cases, "real_world", images=IMAGES)
 
 
 def test_rescaling_model_gets_raw_pixels(built):

@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import XlcnnError
 from .layout import Said
+from .manifest import column_letters
 
 SIGNAL_SUFFIXES = {".csv", ".wav"}
 
@@ -41,12 +42,7 @@ class Signal:
 
 def _column_name(j):
     """0 -> A, 25 -> Z, 26 -> AA: the column as a spreadsheet shows it."""
-    name = ""
-    j += 1
-    while j:
-        j, rem = divmod(j - 1, 26)
-        name = chr(65 + rem) + name
-    return name
+    return column_letters(j)
 
 
 def _text_of(path):
