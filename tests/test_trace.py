@@ -214,3 +214,15 @@ def test_no_trace_leaves_them_out(built, tmp_path):
     build(path, case["base"] / "1d_last.npy", out, trace=False)
     book, traces = _traces(out)
     assert traces == {} and not any(s.endswith(" trace") for s in book.sheets)
+
+
+def test_reader_name_substitution_fast_path_equals_regex(built, monkeypatch):
+    """The reader tests only formulas holding a name's letters (joined texts, str.find): the same
+    formulas as one case-insensitive regex per formula, on workbooks with trace sheets."""
+    from xlcnn.formula import read_workbook, reader
+    for item in built.values():
+        fast = read_workbook(item["book"])
+        with monkeypatch.context() as m:
+            m.setattr(reader, "_name_candidates", lambda texts, names: None)
+            slow = read_workbook(item["book"])
+        assert fast.defined_names and fast.formulas == slow.formulas

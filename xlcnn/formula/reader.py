@@ -578,15 +578,49 @@ def _defined_names(root, order):
 
 
 def _with_names(book, sheet, texts):
-    """Formula texts with the defined names in scope on ``sheet`` put in (resolve_names)."""
+    """Formula texts with the defined names in scope on ``sheet`` put in (resolve_names).
+
+    Only a formula that holds a name's letters, case aside, can change, so only those go through
+    resolve_names.  When the texts and names are ASCII (lower-casing keeps every offset) that
+    test runs on the sheet's texts joined and lower-cased once, with str.find per name; otherwise
+    one case-insensitive regular expression per formula (the same set of formulas either way)."""
     if not book.defined_names:
         return texts
     names = {n.lower(): t for (scope, n), t in book.defined_names.items() if scope is None}
     names.update({n.lower(): t for (scope, n), t in book.defined_names.items() if scope == sheet})
-    if not names:
+    if not names or not texts:
         return texts
-    candidate = re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)), re.I)
-    return [resolve_names(t, names) if candidate.search(t) else t for t in texts]
+    hits = _name_candidates(texts, names)
+    if hits is None:
+        candidate = re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)), re.I)
+        return [resolve_names(t, names) if candidate.search(t) else t for t in texts]
+    out = list(texts)
+    for i in hits:
+        out[i] = resolve_names(texts[i], names)
+    return out
+
+
+def _name_candidates(texts, names):
+    """Sorted indices of the texts containing some name of ``names`` (lower-case), case aside;
+    None when a text or name is not ASCII (then lower-casing may move offsets, and a regular
+    expression's case folding matches more than ASCII letters)."""
+    blob = "\n".join(texts)
+    if not blob.isascii() or not all(n.isascii() and n for n in names):
+        return None
+    low = blob.lower()
+    starts = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])  # offset of each text in blob
+    found = set()
+    for name in names:
+        at = low.find(name)
+        while at >= 0:
+            i = int(np.searchsorted(starts, at, side="right")) - 1
+            end = int(starts[i]) + len(texts[i])
+            if at + len(name) <= end:  # within text i, not across the join: on to the next text
+                found.add(i)
+                at = low.find(name, end + 1)
+            else:
+                at = low.find(name, at + 1)
+    return sorted(found)
 
 
 # --------------------------------------------------------------------------- entry point
