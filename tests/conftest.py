@@ -24,6 +24,29 @@ def keras():
     return quiet_keras()
 
 
+def cli(*args):
+    """Run the command line in this process: its exit code (print goes to capsys)."""
+    from xlcnn.cli import main
+    return main([str(a) for a in args])
+
+
+def one_line_error(capsys, code, needle=""):
+    """The command failed with exit code 2 and one line 'xlcnn: error: ...' holding needle."""
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("xlcnn: error: ") and "Traceback" not in err
+    assert needle in err, err
+    return err
+
+
+def sequential(shape, layers):
+    """A case builder: a Sequential model on Input(shape) with layers() made fresh each time."""
+    def make():
+        return keras().Sequential([keras().Input(shape), *layers()])
+    return make
+
+
 def save_model(model, path):
     path = Path(path)
     model.save(str(path))

@@ -14,24 +14,12 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import ROOT, SAMPLES, keras
+from conftest import cli, one_line_error, ROOT, SAMPLES, keras
 
 DIGIT = SAMPLES / "digits" / "digit_7.png"
 LENET = SAMPLES / "lenet.keras"
 
 
-def cli(*args, **kw):
-    from xlcnn.cli import main
-    return main([str(a) for a in args])
-
-
-def one_line_error(capsys, code, needle):
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("xlcnn: error: ") and "Traceback" not in err
-    assert needle in err, err
-    return err
 
 
 # -- build: the model --------------------------------------------------------------------------

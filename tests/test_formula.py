@@ -751,11 +751,10 @@ def evaluate_one_by_one(book, monkeypatch, overrides=None):
     return res
 
 
-def test_grouping_reads_references_like_the_tokenizer():
-    texts = ["A1+$B$2*C$3", "A2+$B$2*C$3", "AB10+$B$2*ZZ$3", "A1+B2*C3", "$A1+B2*C3", "B1+$B$2*C$3",
-             "SUM(A1:B2)", "SUM(A10:B20)", "MAX(A1:B2)", "ABS(A1)", "EXP(A1)", "EXP(A9)", "LOG10(A1)",
-             "LOG(A10)", "'s 1'!A1+1", "'s 2'!A1+1", "'日本'!B7*2", "'日本'!C8*2", "A1*2", "A2*3",
-             "\"A1\"&B2", "\"A2\"&B2", "1.5+A1", "15+A1", "A1+15"]
+
+def _groups_as_the_tokenizer_reads(texts):
+    """group_formulas(texts), checked cell by cell against the tokenizer: every text's group key is
+    its skeleton, its rows and columns are the references the tokenizer finds, every text is grouped."""
     groups = group_formulas(texts)
     seen = []
     for key, chunks in groups.items():
@@ -768,6 +767,14 @@ def test_grouping_reads_references_like_the_tokenizer():
                 assert c.tolist() == [col_index(m.group(3)) for m in refs], text
                 seen.append(i)
     assert sorted(seen) == list(range(len(texts)))
+    return groups
+
+def test_grouping_reads_references_like_the_tokenizer():
+    texts = ["A1+$B$2*C$3", "A2+$B$2*C$3", "AB10+$B$2*ZZ$3", "A1+B2*C3", "$A1+B2*C3", "B1+$B$2*C$3",
+             "SUM(A1:B2)", "SUM(A10:B20)", "MAX(A1:B2)", "ABS(A1)", "EXP(A1)", "EXP(A9)", "LOG10(A1)",
+             "LOG(A10)", "'s 1'!A1+1", "'s 2'!A1+1", "'日本'!B7*2", "'日本'!C8*2", "A1*2", "A2*3",
+             "\"A1\"&B2", "\"A2\"&B2", "1.5+A1", "15+A1", "A1+15"]
+    groups = _groups_as_the_tokenizer_reads(texts)
     # the same shape with other letters and digits is one group; other functions are not
     assert sum(len(idx) for idx, _, _ in groups[skeleton("A1+$B$2*C$3")]) == 4
     assert skeleton("ABS(A1)") != skeleton("EXP(A1)")
@@ -1140,15 +1147,4 @@ def test_grouping_splits_many_per_sheet_skeletons_like_the_tokenizer():
         for r in range(1, 6):
             texts += [f"'c{ch} x'!A{r}*2+B{r}", f"MAX('c{ch} x'!A{r},0)+C{r}", f"SUM('c{ch} x'!A{r},0)+C{r}",
                       f"'c{ch} x'!AB{r}*2+B{r + 10}", f"'C{ch}'!A{r}*2"]
-    groups = group_formulas(texts)
-    seen = []
-    for key, chunks in groups.items():
-        for idx, rows, cols in chunks:
-            for i, r, c in zip(idx.tolist(), rows, cols):
-                text = texts[i]
-                assert skeleton(text) == key, text
-                refs = [m for m in SPLIT.finditer(text) if m.group(3) is not None]
-                assert r.tolist() == [int(m.group(5)) - 1 for m in refs], text
-                assert c.tolist() == [col_index(m.group(3)) for m in refs], text
-                seen.append(i)
-    assert sorted(seen) == list(range(len(texts)))
+    _groups_as_the_tokenizer_reads(texts)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import (case_tests, SHARED_MODELS, assert_matches_keras, keras, needs_libreoffice,
+from conftest import (sequential, case_tests, SHARED_MODELS, assert_matches_keras, keras, needs_libreoffice,
                       stage_values)
 
 ACTIVATIONS = ["relu", "tanh", "sigmoid", "linear", "elu", "selu", "softplus", "softsign", "swish",
@@ -22,10 +22,7 @@ def _cases():
     """name -> (builder returning a Keras model, file suffix). Kept tiny: LibreOffice runs them all."""
     L = keras().layers
 
-    def seq(shape, layers):
-        def make():
-            return keras().Sequential([keras().Input(shape), *layers()])
-        return make
+    seq = sequential
 
     cases = {
         # 'same' with stride 2 on odd sizes: Keras's asymmetric padding

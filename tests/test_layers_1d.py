@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import case_tests, keras, stage_values
+from conftest import sequential, case_tests, keras, stage_values
 
 
 def _cases():
@@ -18,10 +18,7 @@ def _cases():
     k = keras()
     L = k.layers
 
-    def seq(shape, layers):
-        def make():
-            return keras().Sequential([keras().Input(shape), *layers()])
-        return make
+    seq = sequential
 
     def functional(make_graph):
         def make():

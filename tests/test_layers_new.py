@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import case_tests, keras, needs_libreoffice, stage_values
+from conftest import sequential, case_tests, keras, needs_libreoffice, stage_values
 
 RANDOM = dict(gamma_initializer="random_normal", beta_initializer="random_normal")
 
@@ -25,10 +25,7 @@ def _cases():
     k = keras()
     L = k.layers
 
-    def seq(shape, layers):
-        def make():
-            return keras().Sequential([keras().Input(shape), *layers()])
-        return make
+    seq = sequential
 
     return {
         # -- LayerNormalization --------------------------------------------------------------------

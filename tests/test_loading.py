@@ -11,15 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, SAMPLES, SHARED_MODELS, assert_matches_keras, keras, stage_values
+from conftest import cli, one_line_error, ROOT, SAMPLES, SHARED_MODELS, assert_matches_keras, keras, stage_values
 
 DIGIT = SAMPLES / "digits" / "digit_7.png"
 CHANNELS_FIRST = SAMPLES / "padding_cf.h5"
 
-
-def cli(*args):
-    from xlcnn.cli import main
-    return main([str(a) for a in args])
 
 
 def tf_keras():
@@ -98,17 +94,11 @@ def test_json_architecture_with_weights_file(tmp_path, api):
     assert about["weights_sha256"] == sha256(weights)
 
 
-def _error_line(capsys, code):
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("xlcnn: error: "), err
-    return err
-
 
 def test_weights_only_h5_says_to_pass_the_json(tmp_path, capsys):
     model = _tiny(tf_keras())
     model.save_weights(str(tmp_path / "weights.h5"))
-    err = _error_line(capsys, cli("build", tmp_path / "weights.h5", DIGIT, "-o", tmp_path / "o.xlsx"))
+    err = one_line_error(capsys, cli("build", tmp_path / "weights.h5", DIGIT, "-o", tmp_path / "o.xlsx"))
     assert "weights only" in err and "--weights" in err and "to_json" in err
     assert not (tmp_path / "o.xlsx").exists()
 
@@ -118,17 +108,17 @@ def test_json_refusals(tmp_path, capsys):
     (tmp_path / "model.json").write_text(model.to_json())
     model.save_weights(str(tmp_path / "w.h5"))
     out = tmp_path / "o.xlsx"
-    err = _error_line(capsys, cli("build", tmp_path / "model.json", DIGIT, "-o", out))
+    err = one_line_error(capsys, cli("build", tmp_path / "model.json", DIGIT, "-o", out))
     assert "without weights" in err and "--weights" in err
-    err = _error_line(capsys, cli("build", tmp_path / "model.json", DIGIT, "-o", out, "--weights", tmp_path / "no.h5"))
+    err = one_line_error(capsys, cli("build", tmp_path / "model.json", DIGIT, "-o", out, "--weights", tmp_path / "no.h5"))
     assert "weights file not found" in err
-    err = _error_line(capsys, cli("build", SAMPLES / "lenet.keras", DIGIT, "-o", out, "--weights", tmp_path / "w.h5"))
+    err = one_line_error(capsys, cli("build", SAMPLES / "lenet.keras", DIGIT, "-o", out, "--weights", tmp_path / "w.h5"))
     assert "--weights is for a .json" in err
     (tmp_path / "other.json").write_text(json.dumps({"hello": [1, 2]}))
-    err = _error_line(capsys, cli("build", tmp_path / "other.json", DIGIT, "-o", out, "--weights", tmp_path / "w.h5"))
+    err = one_line_error(capsys, cli("build", tmp_path / "other.json", DIGIT, "-o", out, "--weights", tmp_path / "w.h5"))
     assert "not a Keras model architecture" in err
     (tmp_path / "text.h5").write_text("not hdf5")
-    err = _error_line(capsys, cli("build", tmp_path / "model.json", DIGIT, "-o", out, "--weights",
+    err = one_line_error(capsys, cli("build", tmp_path / "model.json", DIGIT, "-o", out, "--weights",
                                   tmp_path / "text.h5"))
     assert "weights file" in err and "not an HDF5 file" in err
     assert not out.exists()
@@ -141,7 +131,7 @@ def test_an_input_of_unsupported_rank_is_named_for_its_rank_not_its_size(tmp_pat
     model = k.Sequential([k.Input((4, 4, 4, 1)), k.layers.Flatten(), k.layers.Dense(2)])
     model.save(str(tmp_path / "r4.keras"))
     np.save(tmp_path / "x.npy", np.zeros((4, 4, 4, 1), np.float32))
-    err = _error_line(capsys, cli("build", tmp_path / "r4.keras", tmp_path / "x.npy", "-o", tmp_path / "o.xlsx"))
+    err = one_line_error(capsys, cli("build", tmp_path / "r4.keras", tmp_path / "x.npy", "-o", tmp_path / "o.xlsx"))
     assert "rank-4 input of shape (4, 4, 4, 1)" in err and "unknown size" not in err
 
 

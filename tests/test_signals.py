@@ -13,7 +13,7 @@ import wave
 import numpy as np
 import pytest
 
-from conftest import ROOT, SAMPLES, keras
+from conftest import cli, one_line_error, ROOT, SAMPLES, keras
 
 from xlcnn.errors import XlcnnError
 from xlcnn.image import prepare, spatial_shape
@@ -226,18 +226,6 @@ def conv1d_model(tmp_path_factory):
     return path
 
 
-def cli(*args):
-    from xlcnn.cli import main
-    return main([str(a) for a in args])
-
-
-def one_line_error(capsys, code, needle):
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("xlcnn: error: ") and "Traceback" not in err
-    assert needle in err, err
-    return err
 
 
 def _bad_inputs(tmp_path):

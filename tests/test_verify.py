@@ -11,14 +11,10 @@ import zipfile
 
 import pytest
 
-from conftest import SAMPLES, needs_libreoffice
+from conftest import cli, SAMPLES, needs_libreoffice
 
 DIGIT = SAMPLES / "digits" / "digit_7.png"
 
-
-def cli(*args):
-    from xlcnn.cli import main
-    return main([str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
