@@ -27,7 +27,7 @@ import numpy as np
 from .execute import Ctx, ev
 from .parser import MAX_COLS, MAX_ROWS
 from .program import compile_book
-from .schedule import by_sheet
+from .schedule import by_sheet, class_reads, needed_classes
 from .values import NAN, Rng, num
 
 
@@ -115,12 +115,53 @@ def _private(base, b):
     return out.transpose(2, 0, 1)
 
 
-def evaluate(book, overrides=None):
+def _written_sheets(prog, need):
+    """Indices of the sheets some (needed) class writes to."""
+    if need is None:
+        return {s for s, w in enumerate(prog.writer) if w is not None}
+    out = set()
+    for cls in prog.classes:
+        if need[cls.id]:
+            if cls.hosts is None:
+                out.add(cls.sheet)
+            else:
+                out.update(np.unique(cls.hosts).tolist())
+    return out
+
+
+def _extents(prog, need, resolved):
+    """Per sheet (rows, cols) covering every cell the needed classes write or read, and the
+    overridden cells."""
+    ext = [[0, 0] for _ in prog.shapes]
+
+    def cover(t, rows, cols):
+        if np.size(rows) and np.size(cols):
+            ext[t][0] = max(ext[t][0], int(np.max(rows)) + 1)
+            ext[t][1] = max(ext[t][1], int(np.max(cols)) + 1)
+
+    for cls in prog.classes:
+        if need[cls.id]:
+            for t, _, rows, cols in by_sheet(cls, None):
+                cover(t, rows, cols)
+            for t, ri, ci in class_reads(cls):
+                cover(t, ri, ci)
+    for s, row, col in resolved:
+        cover(s, row, col)
+    return [(min(r, R), min(c, C)) for (r, c), (R, C) in zip(ext, prog.shapes)]
+
+
+def evaluate(book, overrides=None, targets=None):
     """Evaluate every formula of ``book``.  ``overrides`` {(sheet, row, col): number or 1-D array
     of length B} replaces cell values first (a formula cell overridden keeps the given value);
-    any array makes the whole evaluation batched over B.  Returns a :class:`Result`."""
+    any array makes the whole evaluation batched over B.  ``targets`` [(sheet, r0, c0, r1, c1)]
+    (inclusive rectangles) evaluates only the formulas those cells depend on; every other
+    formula cell then reads as no number (NaN in blocks).  Returns a :class:`Result`."""
     t0 = time.perf_counter()
     prog = compile_book(book)
+    need = None
+    if targets is not None:
+        need = needed_classes(prog, [(book.sheets.index(book.sheet_name(t[0])),) + tuple(t[1:])
+                                     for t in targets])
     overrides = dict(overrides or {})
     batch = _batch_size(overrides)
     b = 1 if batch is None else batch
@@ -131,13 +172,23 @@ def evaluate(book, overrides=None):
             raise ValueError(f"override cell ({row}, {col}) is outside the sheet grid")
         resolved[(s, row, col)] = np.asarray(v, np.float64)
     touched = {s for s, _, _ in resolved}
+    written = _written_sheets(prog, need)
+    # Only the cells the (needed) formulas write or read: a sheet's titles and legends lie
+    # beyond them, and a private copy of them costs a batch's worth of memory traffic.
+    extent = prog.shapes if need is None else _extents(prog, need, resolved)
     V, M = [], []
     for s in range(len(book.sheets)):
-        if prog.writer[s] is not None or s in touched:  # written to: a private (b, R, C) copy
-            V.append(_private(prog.base[s], b))
+        box = (slice(0, extent[s][0]), slice(0, extent[s][1]))
+        if s in written or s in touched:  # written to: a private (b, R, C) copy
+            V.append(_private(prog.base[s][box], b))
+            M.append(prog.isnum[s][box].copy() if s in touched else prog.isnum[s][box])
         else:  # read only, shared by the whole batch
             V.append(prog.base[s][None])
-        M.append(prog.isnum[s].copy() if s in touched else prog.isnum[s])
+            M.append(prog.isnum[s])
+        if need is not None and prog.writer[s] is not None:  # formulas left out: no number
+            skipped = ~np.append(need, True)[prog.writer[s][box]]
+            if skipped.any():
+                M[s] = M[s] & ~skipped
     outside = {}
     reapply = {}
     for (s, row, col), v in resolved.items():
@@ -153,6 +204,8 @@ def evaluate(book, overrides=None):
     classes = prog.classes
     with np.errstate(all="ignore"):
         for cid, sub in prog.steps:
+            if need is not None and not need[cid]:
+                continue
             cls = classes[cid]
             val = ev(cls.ast, Ctx(cls, sub, V, M))
             text = val if isinstance(val, str) else None

@@ -52,6 +52,7 @@ class Program:
         self.n_formulas = 0
         self.n_constants = 0
         self.groups = []       # per formula skeleton: int64 indices into the workbook-order formulas
+        self.deps = []         # per class: int64 ids of the classes it may read (a superset)
 
 
 def compile_book(book):

@@ -116,7 +116,7 @@ def _sccs(n, deps):
 
 
 def order_steps(book, prog):
-    deps = [_class_deps(prog, c) for c in prog.classes]
+    deps = prog.deps = [_class_deps(prog, c) for c in prog.classes]
     for comp in _sccs(len(deps), deps):
         c = comp[0]
         if len(comp) == 1 and not np.isin(c, deps[c]).any():
@@ -194,3 +194,24 @@ def _cell_levels(book, prog, comp):
         name = cell_name(book.sheets[host], int(cls.rows[i]), int(cls.cols[i]))
         raise FormulaError("circular reference", name)
     return steps
+
+
+def needed_classes(prog, rects):
+    """Boolean mask over prog.classes: the classes that write a cell of one of ``rects``
+    [(sheet index, r0, c0, r1, c1)] (inclusive) and every class those read from, transitively
+    (the class graph over-estimates reads, so this is a superset of what the cells need)."""
+    need = np.zeros(len(prog.classes), bool)
+    todo = []
+    for s, r0, c0, r1, c1 in rects:
+        W = prog.writer[s]
+        if W is None:
+            continue
+        ids = np.unique(W[r0:r1 + 1, c0:c1 + 1])
+        todo += [int(i) for i in ids[ids >= 0] if not need[i]]
+        need[ids[ids >= 0]] = True
+    while todo:
+        for d in prog.deps[todo.pop()].tolist():
+            if not need[d]:
+                need[d] = True
+                todo.append(d)
+    return need

@@ -94,8 +94,11 @@ def compare_batch(report, book, entries, input_layer, layer_names, loaded, about
         raise XlcnnError(f"--images {folder} holds no png/jpg/bmp/gif/npy files")
     say(f"preparing {len(files)} images")
     xb = np.stack([prepare_like(p, loaded, about) for p in files])
+    rects = []  # the stage cells: only the formulas they depend on run (no gallery, traces...)
+    for layer in layer_names:
+        mf.assemble(entries, layer, lambda *r: rects.append(r) or np.zeros((r[3] - r[1] + 1, r[4] - r[2] + 1)))
     t = time.perf_counter()
-    result = evaluate(book, overrides=input_overrides(entries, input_layer, xb))
+    result = evaluate(book, overrides=input_overrides(entries, input_layer, xb), targets=rects)
     report.batch_seconds = time.perf_counter() - t
     outs = loaded.layer_outputs(xb)
     worst = 0.0
