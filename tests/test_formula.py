@@ -1152,6 +1152,41 @@ def test_positional_number_reader_on_a_large_block(tmp_path):
     np.testing.assert_allclose(book.sheet_array("w")[5:, 3:], w, rtol=1e-15)  # as XlsxWriter wrote them
 
 
+@pytest.mark.parametrize("odd", [None, "1_000", "inf", "1,5"])
+def test_bulk_number_parsing_is_float_bit_for_bit(odd):
+    """Blocks of numbers are parsed in bulk (pandas' C reader); every text must give float()'s
+    double bit for bit: random bit patterns, subnormals, -0, 17 digits, forms without digits on
+    one side of the point, exponents of every case and sign.  A text bulk parsing does not take
+    (an underscore, 'inf', a comma) sends the block to float(), which decides as before."""
+    from xlcnn.formula import reader
+    g = np.random.default_rng(21)
+    bits = g.integers(0, 2**63, 2000, dtype=np.uint64).view(np.float64)
+    texts = [repr(float(v)) for v in bits[np.isfinite(bits)]]
+    texts += ["%.17g" % v for v in g.normal(size=300)] + ["%.16G" % v for v in g.normal(size=300) * 1e-30]
+    texts += ["-0", "0.0", "5e-324", "2.2250738585072014E-308", "1.7976931348623157e+308", ".5", "5.", "+1",
+              "-.25E2", "1e400", "00012.500", "123456789012345678901234567890", "9007199254740993"]
+    if odd:
+        texts[100] = odd
+    cells = "".join(f'<c r="{xl_rowcol_to_cell(i // 50, i % 50)}" s="1"><v>{t}</v></c>' + ("</row>" if i % 50 == 49 else "")
+                    for i, t in enumerate(texts))
+    rows = cells.split("</row>")
+    body = "".join(f'<row r="{i + 1}">{r}</row>' for i, r in enumerate(rows) if r)
+    xml = f'<worksheet xmlns="{MAIN}"><sheetData>{body}</sheetData></worksheet>'.encode()
+    if odd == "1,5":
+        with pytest.raises(ValueError):
+            float(odd)
+        with pytest.raises(ValueError):
+            reader._parse_sheet(xml)
+        return
+    bulk = reader._decimals("\n".join(texts).encode(), len(texts))
+    assert (bulk is None) == (odd is not None)  # the bulk path is the one under test
+    got = _cells_of(reader._parse_sheet(xml))
+    want = {(i // 50, i % 50): float(t) for i, t in enumerate(texts)}
+    assert got.keys() == want.keys()
+    assert np.array(list(got.values())).view(np.uint64).tolist() == \
+        np.array([want[k] for k in got]).view(np.uint64).tolist()
+
+
 def test_grouping_splits_many_per_sheet_skeletons_like_the_tokenizer():
     """Formulas of one length whose sheet names and functions differ (per-channel sheets) land
     in one coarse set; every group still holds one skeleton and the tokenizer's references."""

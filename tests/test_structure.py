@@ -1,7 +1,7 @@
 """Import rules of the house, read from the source with ast (nothing is imported, no TensorFlow):
 
-- xlcnn/formula/ (the independent evaluator) imports only the standard library and NumPy, so it
-  can never import the code that writes formulas;
+- xlcnn/formula/ (the independent evaluator) imports only the standard library, NumPy and pandas
+  (its C reader parses numbers in bulk), so it can never import the code that writes formulas;
 - xlcnn/layers/ (the writers) never imports keras or TensorFlow, at module level or in a function,
   except for the exceptions listed here by module, function and package;
 - xlcnn/verify/ uses xlcnn.formula only through its public API (``xlcnn.formula.__all__``), never
@@ -73,13 +73,13 @@ def test_the_rule_checker_sees_imports_in_functions_and_dynamic_ones(tmp_path):
 
 
 @pytest.mark.parametrize("path", modules("formula"), ids=lambda p: p.name)
-def test_formula_imports_only_the_standard_library_and_numpy(path):
+def test_formula_imports_only_the_standard_library_numpy_and_pandas(path):
     for package, level, what, function in imports(path):
         if level:
             assert level == 1, f"{path.name}: relative import {what} leaves xlcnn.formula"
             continue
-        assert package == "numpy" or package in sys.stdlib_module_names, \
-            f"{path.name}: imports {what} (only the standard library and numpy are allowed)"
+        assert package in ("numpy", "pandas") or package in sys.stdlib_module_names, \
+            f"{path.name}: imports {what} (only the standard library, numpy and pandas are allowed)"
 
 
 @pytest.mark.parametrize("path", modules("layers"), ids=lambda p: p.name)
