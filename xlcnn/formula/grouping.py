@@ -45,16 +45,20 @@ def _decode(M, starts, ends, base, zero):
     first = np.cumsum(width) - width               # where each number's digits start in pos
     within = np.arange(int(width.sum())) - np.repeat(first, width)
     pos = np.repeat(starts, width) + within
-    power = base ** (np.repeat(width, width) - 1 - within).astype(np.int64)
-    vals = (M[:, pos].astype(np.int64) - zero) * power
+    # int32 is enough (a reference has at most 7 digits and 3 letters: SPLIT's pattern) and
+    # halves the (cells, digits) temporaries of a 256-reference convolution formula
+    power = base ** (np.repeat(width, width) - 1 - within).astype(np.int32)
+    vals = M[:, pos].astype(np.int32)
+    vals -= zero
+    vals *= power
     return np.add.reduceat(vals, first, axis=1)
 
 
 def _numbers(M, spans, rep):
-    """(rows, cols) (cells, refs) int64, 0-based, of the references of the rows of M."""
+    """(rows, cols) (cells, refs) int32, 0-based, of the references of the rows of M."""
     n, k = len(M), len(spans)
     if k == 0:
-        z = np.zeros((n, 0), np.int64)
+        z = np.zeros((n, 0), np.int32)
         return z, z
     sp = np.array(spans, np.int64)
     varies = (M != rep).any(0) if n > 1 else np.zeros(M.shape[1], bool)
@@ -121,7 +125,7 @@ def _split_matrix(A, texts, idx, out):
 def group_formulas(texts):
     """{skeleton: [(indices into ``texts``, rows (n, k), cols (n, k)), ...]}: formulas equal up
     to the letters and digits of their k references, with those references' 0-based rows and
-    columns as arrays.  Every formula lands in exactly one set."""
+    columns as int32 arrays (a row has at most 7 digits).  Every formula lands in exactly one set."""
     coarse = {}
     for i, text in enumerate(texts):
         b = text.encode()

@@ -89,11 +89,14 @@ def _compile(book):
         host.append(np.stack([np.full(len(ftexts), s), frows, fcols]).reshape(3, -1))
     host = np.concatenate(host, axis=1).astype(np.int64) if host else np.zeros((3, 0), np.int64)
     prog.n_formulas = len(texts)
-    for key, chunks in group_formulas(texts).items():
+    grouped = group_formulas(texts)
+    while grouped:  # one skeleton at a time, its reference matrices freed once compiled
+        key, chunks = grouped.popitem()
         cells = np.concatenate([np.asarray(c[0], np.int64) for c in chunks])
         prog.groups.append(cells)
-        R_all = np.concatenate([c[1] for c in chunks])
-        C_all = np.concatenate([c[2] for c in chunks])
+        R_all = np.concatenate([c[1] for c in chunks]) if len(chunks) > 1 else chunks[0][1]
+        C_all = np.concatenate([c[2] for c in chunks]) if len(chunks) > 1 else chunks[0][2]
+        del chunks
         on = host[0, cells]
         first = cell_name(sheets[int(on[0])], int(host[1, cells[0]]), int(host[2, cells[0]]))
         try:
@@ -112,7 +115,8 @@ def _compile(book):
             order = np.argsort(on, kind="stable")
             per_sheet = np.split(order, np.flatnonzero(np.diff(on[order])) + 1)
         for sel in per_sheet:
-            idx, R, C = cells[sel], R_all[sel], C_all[sel]
+            whole = len(per_sheet) == 1
+            idx, R, C = (cells, R_all, C_all) if whole else (cells[sel], R_all[sel], C_all[sel])
             hosts = host[0, idx]
             s = int(hosts[0])
             sheet = sheets[s]
@@ -134,9 +138,10 @@ def _compile(book):
                     i = int(np.flatnonzero(bad.any(1))[0])
                     raise FormulaError("reference outside the sheet grid",
                                        cell_name(sheet, int(hr[i]), int(hc[i])))
+                rmax, cmax = R.max(0).tolist(), C.max(0).tolist()
                 for j, t in enumerate(slot_sheet):
-                    shapes[t][0] = max(shapes[t][0], int(R[:, j].max()) + 1)
-                    shapes[t][1] = max(shapes[t][1], int(C[:, j].max()) + 1)
+                    shapes[t][0] = max(shapes[t][0], rmax[j] + 1)
+                    shapes[t][1] = max(shapes[t][1], cmax[j] + 1)
                     if shapes[t][0] * shapes[t][1] > MAX_DENSE_CELLS:
                         raise FormulaError(f"references make sheet {sheets[t]!r} span "
                                            f"{shapes[t][0]}x{shapes[t][1]} cells, too many to "
@@ -154,13 +159,9 @@ def _compile(book):
                 order = np.argsort(inv, kind="stable")
                 members = np.split(order, np.flatnonzero(np.diff(inv[order])) + 1)
             for m in members:
-                Rm, Cm = R[m], C[m]
-                same_r = (Rm == Rm[0]).all(0)
-                same_c = (Cm == Cm[0]).all(0)
-                slots = [Slot(slot_sheet[j],
-                               int(Rm[0, j]) if same_r[j] else np.ascontiguousarray(Rm[:, j]),
-                               int(Cm[0, j]) if same_c[j] else np.ascontiguousarray(Cm[:, j]))
-                         for j in range(k)]
+                Rm, Cm = (R, C) if len(members) == 1 else (R[m], C[m])
+                rows_of, cols_of = _columns(Rm), _columns(Cm)
+                slots = [Slot(slot_sheet[j], rows_of[j], cols_of[j]) for j in range(k)]
                 rep = m[0]
                 ranges = {}
                 for a, b in pairs:
@@ -174,6 +175,30 @@ def _compile(book):
     _build_base(book, prog)
     order_steps(book, prog)
     return prog
+
+
+def _columns(X):
+    """The columns of X (cells, refs) as slot coordinates: an int where all cells agree, else
+    an int64 array, one array shared by equal columns (a convolution's window is at the same
+    place on each of its 64 input channels: one array, not 64)."""
+    if X.shape[1] == 0:
+        return []
+    same = (X == X[0]).all(0)
+    out = [int(X[0, j]) if same[j] else None for j in range(X.shape[1])]
+    moving = np.flatnonzero(~same)
+    if len(moving):
+        n = len(X)  # equal columns have equal sums and ends; equal keys are then compared
+        finger = zip(X.sum(0, dtype=np.int64)[moving].tolist(), X[n // 2, moving].tolist(), X[-1, moving].tolist())
+        seen = {}
+        for j, f in zip(moving.tolist(), finger):
+            for other in seen.get(f, ()):
+                if (other == X[:, j]).all():
+                    out[j] = other
+                    break
+            else:
+                out[j] = X[:, j].astype(np.int64)
+                seen.setdefault(f, []).append(out[j])
+    return out
 
 
 def _build_base(book, prog):
