@@ -48,13 +48,14 @@ class Book:
     def __init__(self, path, sheets):
         self.path = str(path)
         self.sheets = sheets            # names, workbook order
-        self.formulas = {}              # (sheet, row, col) -> text without '='
-        self.cached = {}                # (sheet, row, col) -> cached float/str/bool/None
+        self.formulas = _CellMap(self, 0)  # (sheet, row, col) -> text without '=' (a view)
+        self.cached = _CellMap(self, 1)    # (sheet, row, col) -> cached float/str/bool/None (a view)
         self.constants = _Constants(self)
         self._num = {}                  # sheet -> (rows, cols, values) of numeric constants
         self._other = {}                # sheet -> {(row, col): str/bool} other constants
         self._errors = {}               # sheet -> {(row, col)} constants that are error values
         self._fcells = {}               # sheet -> (rows, cols, texts) of formula cells
+        self._fcached = {}              # sheet -> (float64 cached numbers, {index: other cached value})
         self._dense = {}                # sheet -> cached sheet_array
         self._lower = {s.lower(): s for s in sheets}
         self.program = None             # the evaluator's compiled Program, built on first use
@@ -85,6 +86,12 @@ class Book:
     def formula_cells(self, sheet):
         """(rows, cols, texts) lists of the formula cells of ``sheet``, texts without '='."""
         return self._fcells[self.sheet_name(sheet)]
+
+    def cached_values(self, sheet):
+        """(values, others) of the formula cells of ``sheet`` in formula_cells order: float64
+        cached numbers, and {index: value} for the cells whose cached value is not a number
+        (None when there is none, text, a boolean, an error's text; NaN in ``values``)."""
+        return self._fcached[self.sheet_name(sheet)]
 
     def shape(self, sheet):
         """(rows, cols) just covering every cell stored on ``sheet``."""
@@ -129,6 +136,58 @@ class Book:
     def __repr__(self):
         return (f"<Book {self.path!r}: {len(self.sheets)} sheets, {len(self.constants)} constants, "
                 f"{len(self.formulas)} formulas>")
+
+
+class _CellMap(Mapping):
+    """``book.formulas`` (texts) and ``book.cached`` (cached values) as read-only mappings
+    (sheet, row, col) -> value over the per-sheet lists and arrays, without a dict entry per
+    cell; a sheet's cell index is built on its first lookup."""
+
+    def __init__(self, book, kind):
+        self._book, self._kind, self._index = book, kind, {}
+
+    def _get(self, sheet, i):
+        if self._kind == 0:
+            return self._book._fcells[sheet][2][i]
+        values, others = self._book._fcached[sheet]
+        return others[i] if i in others else float(values[i])
+
+    def _at(self, key):
+        sheet, row, col = key
+        index = self._index.get(sheet)
+        if index is None:
+            if sheet not in self._book._fcells:
+                raise KeyError(key)
+            rows, cols, _ = self._book._fcells[sheet]
+            index = self._index[sheet] = {rc: i for i, rc in enumerate(zip(rows, cols))}
+        try:
+            return sheet, index[(row, col)]
+        except KeyError:
+            raise KeyError(key) from None
+
+    def __getitem__(self, key):
+        return self._get(*self._at(key))
+
+    def __setitem__(self, key, value):
+        """Replace the cached value of an existing formula cell (tests make stale workbooks)."""
+        if self._kind == 0:
+            raise TypeError("book.formulas is read-only")
+        sheet, i = self._at(key)
+        values, others = self._book._fcached[sheet]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values[i] = value
+            others.pop(i, None)
+        else:
+            values[i] = np.nan
+            others[i] = value
+
+    def __iter__(self):
+        for sheet in self._book.sheets:
+            rows, cols, _ = self._book._fcells.get(sheet, ((), (), ()))
+            yield from zip(itertools.repeat(sheet), rows, cols)
+
+    def __len__(self):
+        return sum(len(f[0]) for f in self._book._fcells.values())
 
 
 class _Constants(Mapping):
@@ -414,7 +473,6 @@ def _formula_cells(chunk, cells):
         cached = _decimals(b"\n".join(vs), n)
         if cached is None:
             cached = np.fromstring(b" ".join(vs), sep=" ")
-        cached = cached.tolist()
         if len(cached) != n:
             cached = [_value("n", v, b"", ()) for v in vs]
     cells.formulas.append((rows.tolist(), cols.tolist(), texts, cached))
@@ -569,6 +627,8 @@ def _interpret(book, sheet, cells, strings):
     other = book._other[sheet] = {}
     errors = book._errors[sheet] = set()
     frows, fcols, ftexts = [], [], []
+    values, others = [], {}  # cached: arrays/lists per part, and the non-numbers by index
+    special_cached = {}      # (row, col) -> cached value of the cells written with an <f> element
     masters = {}   # si -> (row, col, shifter of the master text)
     children = []  # (row, col, si) of shared formulas to expand once all masters are known
     for row, col, t, f, v, rest in cells.special:
@@ -582,8 +642,7 @@ def _interpret(book, sheet, cells, strings):
         head, _, body = f.partition(">")
         attrs = dict(_ATTR.findall(head)) if len(head) > 2 else {}
         text = None if head.endswith("/") else _text(body[:-4].encode("utf-8"))
-        key = (sheet, row, col)
-        book.cached[key] = value
+        special_cached[(row, col)] = value
         if attrs.get("t") == "shared" and "si" in attrs:
             if text:
                 masters[attrs["si"]] = (row, col, shifter(text))
@@ -595,11 +654,12 @@ def _interpret(book, sheet, cells, strings):
         frows.append(row)
         fcols.append(col)
         ftexts.append(text)
+    values.append([special_cached[rc] for rc in zip(frows, fcols)])
     for rows, cols, texts, cached in cells.formulas:
         frows += rows
         fcols += cols
         ftexts += texts
-        book.cached.update(zip(zip(itertools.repeat(sheet), rows, cols), cached))
+        values.append(cached)
     for row, col, si in children:
         if si not in masters:
             raise FormulaError(f"shared formula si={si} has no master", cell_name(sheet, row, col))
@@ -607,13 +667,33 @@ def _interpret(book, sheet, cells, strings):
         frows.append(row)
         fcols.append(col)
         ftexts.append(shift(row - mrow, col - mcol))
+    values.append([special_cached[(row, col)] for row, col, _ in children])
     ftexts = _with_names(book, sheet, ftexts)
-    book.formulas.update(zip(zip(itertools.repeat(sheet), frows, fcols), ftexts))
     book._fcells[sheet] = (frows, fcols, ftexts)
+    book._fcached[sheet] = _cached_arrays(values)
     # Constants and formulas beyond Excel's grid mean a malformed file, not a big sheet.
     rows, cols, _ = book._num[sheet]
     if len(rows) and (rows.max() >= MAX_ROWS or cols.max() >= MAX_COLS or rows.min() < 0):
         raise WorkbookError(f"sheet {sheet!r} has a cell outside the {MAX_ROWS}x{MAX_COLS} grid")
+
+
+def _cached_arrays(parts):
+    """(float64 values, {index: non-number}) from parts that are float64 arrays (all numbers)
+    or lists of cached values of any kind."""
+    values, others, at = [], {}, 0
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            values.append(part)
+        else:
+            column = np.full(len(part), np.nan)
+            for i, v in enumerate(part):
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    column[i] = v
+                else:
+                    others[at + i] = v
+            values.append(column)
+        at += len(part)
+    return (np.concatenate(values) if values else np.zeros(0)), others
 
 
 # --------------------------------------------------------------------------- defined names

@@ -184,10 +184,6 @@ def missing_formulas(book, entries, input_layer):
     return found
 
 
-def _is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def check_cached(book, values):
     """Formula cells whose cached value disagrees with the evaluator's value: [((sheet, row,
     col), value, cached)] in workbook order.  ``values(sheet, rows, cols)`` gives the evaluated
@@ -198,24 +194,22 @@ def check_cached(book, values):
     missing cached value fails; a cached error (#...) fails unless the formulas give no finite
     number; other text, booleans and non-finite cached numbers are not compared."""
     bad = []
-    get = book.cached.get
     for sheet in book.sheets:
         rows, cols, _ = book.formula_cells(sheet)
         if not len(rows):
             continue
         got = np.asarray(values(sheet, rows, cols), np.float64).reshape(len(rows), -1)[:, 0]
-        cached = [get((sheet, r, c)) for r, c in zip(rows, cols)]
-        is_float = np.fromiter(map(_is_number, cached), bool, len(cached))
-        want = np.fromiter((v if n else np.nan for v, n in zip(cached, is_float.tolist())), np.float64, len(cached))
+        want, others = book.cached_values(sheet)
+        is_float = np.ones(len(rows), bool)
+        is_float[list(others)] = False
         with np.errstate(invalid="ignore"):
             wrong = is_float & np.isfinite(want) & (
                 ~np.isfinite(got) | ~(np.abs(got - want) <= CACHED_RTOL * np.maximum(1.0, np.abs(got))))
-        for i in np.flatnonzero(~is_float).tolist():
-            v = cached[i]
+        for i, v in others.items():
             if v is None or (isinstance(v, str) and v.startswith("#") and np.isfinite(got[i])):
                 wrong[i] = True
         for i in np.flatnonzero(wrong).tolist():
-            bad.append(((sheet, rows[i], cols[i]), float(got[i]), cached[i]))
+            bad.append(((sheet, rows[i], cols[i]), float(got[i]), others.get(i, float(want[i]))))
     return bad
 
 
