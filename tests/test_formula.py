@@ -1055,6 +1055,12 @@ def test_name_substitution_fast_path_equals_regex_per_formula(tmp_path, monkeypa
         fast = reader._with_names(Stub, sheet, texts)
         assert fast == _names_by_regex(Stub, sheet, texts)
         assert reader._name_candidates(texts, {"row": ""}) is not None      # ASCII: the fast test ran
+    class Marked:  # every name has a character without case: only texts holding one are searched
+        defined_names = {(None, "Predicted_Class"): "overview!$C$4", (None, "x2"): "1+1"}
+
+    marked = texts + ["'a_b'!A1+X2", "x2y", "SUM(x2)", "predicted_classes", "_", "2"]
+    assert reader._with_names(Marked, "any", marked) == _names_by_regex(Marked, "any", marked)
+    assert reader._name_candidates(["a", "b_c", "PREDICTED_class"], {"predicted_class": ""}) == [2]
     # a name split across two texts never counts; non-ASCII texts take the regex path, same answers
     assert reader._name_candidates(["ro", "w"], {"row": ""}) == []
     odd = ["ſum(row)", "K+row", "row"]

@@ -744,8 +744,22 @@ def _name_candidates(texts, names):
     blob = "\n".join(texts)
     if not blob.isascii() or not all(n.isascii() and n for n in names):
         return None
-    low = blob.lower()
     starts = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])  # offset of each text in blob
+    # A name with a character that has no case ('_', a digit, '.') can only be in the texts
+    # holding that character: when every name has one, only those texts are lower-cased.
+    marks = {next((c for c in n if c.lower() == c.upper()), None) for n in names}
+    if None not in marks:
+        some = set()
+        for mark in marks:
+            at = blob.find(mark)
+            while at >= 0:
+                i = int(np.searchsorted(starts, at, side="right")) - 1
+                some.add(i)
+                at = blob.find(mark, int(starts[i]) + len(texts[i]))
+        some = sorted(some)
+        if len(some) < len(texts):
+            return [some[i] for i in _name_candidates([texts[i] for i in some], names)] if some else []
+    low = blob.lower()
     found = set()
     for name in names:
         at = low.find(name)
