@@ -1193,6 +1193,16 @@ def test_bulk_number_parsing_is_float_bit_for_bit(odd):
         np.array([want[k] for k in got]).view(np.uint64).tolist()
 
 
+def test_row_classes_partition_rows_as_unique_does():
+    from xlcnn.formula.grouping import _row_classes
+    g = np.random.default_rng(3)
+    X = g.integers(65, 68, size=(500, 4)).astype(np.uint8)  # 81 possible rows: many repeats
+    which = _row_classes(X)
+    _, want = np.unique(X, axis=0, return_inverse=True)
+    pairs = set(zip(which.tolist(), want.ravel().tolist()))
+    assert len(pairs) == len(set(which.tolist())) == len(set(want.ravel().tolist()))  # the same partition
+
+
 def test_grouping_splits_many_per_sheet_skeletons_like_the_tokenizer():
     """Formulas of one length whose sheet names and functions differ (per-channel sheets) land
     in one coarse set; every group still holds one skeleton and the tokenizer's references."""

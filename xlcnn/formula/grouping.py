@@ -54,14 +54,14 @@ def _decode(M, starts, ends, base, zero):
     return np.add.reduceat(vals, first, axis=1)
 
 
-def _numbers(M, spans, rep):
-    """(rows, cols) (cells, refs) int32, 0-based, of the references of the rows of M."""
+def _numbers(M, spans, rep, varies):
+    """(rows, cols) (cells, refs) int32, 0-based, of the references of the rows of M; ``varies``
+    marks the byte columns where some row differs from ``rep``."""
     n, k = len(M), len(spans)
     if k == 0:
         z = np.zeros((n, 0), np.int32)
         return z, z
     sp = np.array(spans, np.int64)
-    varies = (M != rep).any(0) if n > 1 else np.zeros(M.shape[1], bool)
     cum = np.concatenate([[0], np.cumsum(varies)])
     out = []
     for a, b, base, zero in ((0, 1, 26, 64), (2, 3, 10, 48)):
@@ -107,7 +107,7 @@ def _split_matrix(A, texts, idx, out):
                 ok &= ((part >= lo) & (part <= hi)).all(1)
         members = remaining[ok]
         M = sub[ok] if not ok.all() else sub
-        rows, cols = _numbers(M, spans, rep)
+        rows, cols = _numbers(M, spans, rep, moved if ok.all() else (M != rep).any(0))
         out.setdefault(skeleton(text), []).append((idx[members], rows, cols))
         if ok.all():
             continue
@@ -116,10 +116,22 @@ def _split_matrix(A, texts, idx, out):
         if not len(other):
             work.append(rest)
             continue
-        _, which = np.unique(left[:, other], axis=0, return_inverse=True)
-        which = which.ravel()
+        which = _row_classes(left[:, other])
         order = np.argsort(which, kind="stable")
         work += np.split(rest[order], np.flatnonzero(np.diff(which[order])) + 1)[::-1]
+
+
+def _row_classes(X):
+    """An id per row of the uint8 matrix X, equal exactly for equal rows: rows fingerprinted by
+    a random projection, then each checked against its class's first row (np.unique's sort of
+    whole rows when a fingerprint is ever shared by different rows)."""
+    finger = X @ np.random.default_rng(0).random(X.shape[1])
+    _, first, which = np.unique(finger, return_index=True, return_inverse=True)
+    which = which.ravel()
+    if (X == X[first[which]]).all():
+        return which
+    _, which = np.unique(X, axis=0, return_inverse=True)
+    return which.ravel()
 
 
 def group_formulas(texts):
