@@ -115,39 +115,80 @@ def _private(base, b):
     return out.transpose(2, 0, 1)
 
 
-def _written_sheets(prog, need):
-    """Indices of the sheets some (needed) class writes to."""
-    if need is None:
-        return {s for s, w in enumerate(prog.writer) if w is not None}
-    out = set()
-    for cls in prog.classes:
-        if need[cls.id]:
-            if cls.hosts is None:
-                out.add(cls.sheet)
-            else:
-                out.update(np.unique(cls.hosts).tolist())
-    return out
+class _Plan:
+    """What a run evaluates: every class (need None), or with targets the needed classes, and
+    of a needed class writing to many sheets (a copy formula shared by the flatten sheet and
+    the gallery) only its cells on the sheets that targets or needed classes read."""
 
+    def __init__(self, prog, need, target_sheets):
+        self.need = need
+        self.limit = {}  # class id -> positions of its cells to evaluate (multi-sheet classes)
+        if need is None:
+            self.active = set(range(len(prog.shapes)))
+            return
+        active = set(target_sheets)
+        for cls in prog.classes:
+            if need[cls.id]:
+                active.update(slot.sheet for slot in cls.slots)
+        self.active = active
+        for cls in prog.classes:
+            if need[cls.id] and cls.hosts is not None:
+                keep = np.isin(cls.hosts, sorted(active))
+                if not keep.all():
+                    self.limit[cls.id] = np.flatnonzero(keep)
 
-def _extents(prog, need, resolved):
-    """Per sheet (rows, cols) covering every cell the needed classes write or read, and the
-    overridden cells."""
-    ext = [[0, 0] for _ in prog.shapes]
+    def steps(self, prog):
+        """(class id, positions or None) to evaluate, in prog.steps order."""
+        for cid, sub in prog.steps:
+            if self.need is not None and not self.need[cid]:
+                continue
+            part = self.limit.get(cid)
+            if part is not None:
+                sub = part if sub is None else np.intersect1d(sub, part)
+                if not len(sub):
+                    continue
+            yield cid, sub
 
-    def cover(t, rows, cols):
-        if np.size(rows) and np.size(cols):
-            ext[t][0] = max(ext[t][0], int(np.max(rows)) + 1)
-            ext[t][1] = max(ext[t][1], int(np.max(cols)) + 1)
+    def written(self, prog):
+        """Indices of the sheets the evaluated cells are on."""
+        if self.need is None:
+            return {s for s, w in enumerate(prog.writer) if w is not None}
+        out = set()
+        for cls in prog.classes:
+            if self.need[cls.id]:
+                out.update(t for t, *_ in by_sheet(cls, self.limit.get(cls.id)))
+        return out
 
-    for cls in prog.classes:
-        if need[cls.id]:
-            for t, _, rows, cols in by_sheet(cls, None):
-                cover(t, rows, cols)
-            for t, ri, ci in class_reads(cls):
-                cover(t, ri, ci)
-    for s, row, col in resolved:
-        cover(s, row, col)
-    return [(min(r, R), min(c, C)) for (r, c), (R, C) in zip(ext, prog.shapes)]
+    def extents(self, prog, resolved):
+        """Per sheet (rows, cols) covering every cell evaluated or read by what is evaluated,
+        and the overridden cells."""
+        if self.need is None:
+            return prog.shapes
+        ext = [[0, 0] for _ in prog.shapes]
+
+        def cover(t, rows, cols):
+            if np.size(rows) and np.size(cols):
+                ext[t][0] = max(ext[t][0], int(np.max(rows)) + 1)
+                ext[t][1] = max(ext[t][1], int(np.max(cols)) + 1)
+
+        for cls in prog.classes:
+            if self.need[cls.id]:
+                for t, _, rows, cols in by_sheet(cls, self.limit.get(cls.id)):
+                    cover(t, rows, cols)
+                for t, ri, ci in class_reads(cls):
+                    cover(t, ri, ci)
+        for s, row, col in resolved:
+            cover(s, row, col)
+        return [(min(r, R), min(c, C)) for (r, c), (R, C) in zip(ext, prog.shapes)]
+
+    def skipped(self, prog, s, box):
+        """Formula cells of sheet s (within box) this run leaves out, or None."""
+        W = prog.writer[s]
+        if self.need is None or W is None:
+            return None
+        W = W[box]
+        out = (W >= 0) if s not in self.active else ~np.append(self.need, True)[W]
+        return out if out.any() else None
 
 
 def evaluate(book, overrides=None, targets=None):
@@ -158,10 +199,11 @@ def evaluate(book, overrides=None, targets=None):
     formula cell then reads as no number (NaN in blocks).  Returns a :class:`Result`."""
     t0 = time.perf_counter()
     prog = compile_book(book)
-    need = None
-    if targets is not None:
-        need = needed_classes(prog, [(book.sheets.index(book.sheet_name(t[0])),) + tuple(t[1:])
-                                     for t in targets])
+    if targets is None:
+        plan = _Plan(prog, None, ())
+    else:
+        rects = [(book.sheets.index(book.sheet_name(t[0])),) + tuple(t[1:]) for t in targets]
+        plan = _Plan(prog, needed_classes(prog, rects), {r[0] for r in rects})
     overrides = dict(overrides or {})
     batch = _batch_size(overrides)
     b = 1 if batch is None else batch
@@ -172,23 +214,23 @@ def evaluate(book, overrides=None, targets=None):
             raise ValueError(f"override cell ({row}, {col}) is outside the sheet grid")
         resolved[(s, row, col)] = np.asarray(v, np.float64)
     touched = {s for s, _, _ in resolved}
-    written = _written_sheets(prog, need)
+    written = plan.written(prog)
     # Only the cells the (needed) formulas write or read: a sheet's titles and legends lie
     # beyond them, and a private copy of them costs a batch's worth of memory traffic.
-    extent = prog.shapes if need is None else _extents(prog, need, resolved)
+    extent = plan.extents(prog, resolved)
     V, M = [], []
     for s in range(len(book.sheets)):
-        box = (slice(0, extent[s][0]), slice(0, extent[s][1]))
         if s in written or s in touched:  # written to: a private (b, R, C) copy
+            box = (slice(0, extent[s][0]), slice(0, extent[s][1]))
             V.append(_private(prog.base[s][box], b))
             M.append(prog.isnum[s][box].copy() if s in touched else prog.isnum[s][box])
         else:  # read only, shared by the whole batch
+            box = (slice(None), slice(None))
             V.append(prog.base[s][None])
             M.append(prog.isnum[s])
-        if need is not None and prog.writer[s] is not None:  # formulas left out: no number
-            skipped = ~np.append(need, True)[prog.writer[s][box]]
-            if skipped.any():
-                M[s] = M[s] & ~skipped
+        skipped = plan.skipped(prog, s, box)
+        if skipped is not None:  # formulas left out: no number
+            M[s] = M[s] & ~skipped
     outside = {}
     reapply = {}
     for (s, row, col), v in resolved.items():
@@ -203,9 +245,7 @@ def evaluate(book, overrides=None, targets=None):
     texts = {}
     classes = prog.classes
     with np.errstate(all="ignore"):
-        for cid, sub in prog.steps:
-            if need is not None and not need[cid]:
-                continue
+        for cid, sub in plan.steps(prog):
             cls = classes[cid]
             val = ev(cls.ast, Ctx(cls, sub, V, M))
             text = val if isinstance(val, str) else None
@@ -217,7 +257,7 @@ def evaluate(book, overrides=None, targets=None):
                 if text is not None:
                     for r, c in zip(rows.tolist(), cols.tolist()):
                         texts[(s, r, c)] = text
-                    if M[s] is prog.isnum[s]:
+                    if M[s] is prog.isnum[s] or M[s].base is prog.isnum[s]:  # never the program's own
                         M[s] = M[s].copy()
                     M[s][rows, cols] = False
                 if sel is not None and np.ndim(val) == 2 and val.shape[1] > 1:
