@@ -401,10 +401,16 @@ def _numeric_block(chunk):
     lo, hi = chunk.find(b"<row"), chunk.rfind(b"</row>")
     if lo < 0 or hi < lo:
         return None
-    span = chunk[lo:hi + 6]
-    if b' t="' in span and span.count(b' t="') != span.count(b' t="n"'):
+    if chunk.find(b' t="', lo, hi) >= 0 and chunk.count(b' t="', lo, hi) != chunk.count(b' t="n"', lo, hi):
         return None
-    a = np.frombuffer(span + b"\0" * 16, np.uint8)
+    a = np.frombuffer(chunk, np.uint8)[lo:hi + 6]  # a view: no copy of a 60 MB weight sheet
+    try:
+        return _numeric_cells(a)
+    except IndexError:  # a cell's reference runs past the end: not the layout this path reads
+        return None
+
+
+def _numeric_cells(a):
     lt = np.flatnonzero(a == 60)  # '<'
     after = a[lt + 1]
     if not ((after == 99) | (after == 118) | (after == 47) | (after == 114)).all():
@@ -436,7 +442,7 @@ def _numeric_block(chunk):
         return None
     values = _decimals_at(a, vs + 3, lt[lt_v + 1])
     if values is None:
-        vals = _V_TEXT.findall(span)
+        vals = _V_TEXT.findall(a.tobytes())
         if len(vals) != n:
             return None
         values = np.fromiter(map(float, vals), np.float64, n)
@@ -462,11 +468,11 @@ def _formula_cells(chunk, cells):
         col_of[x] = col_index(x.decode())
     cols = np.fromiter(map(col_of.__getitem__, letters), np.int64, n)
     rows = np.fromstring(b" ".join(digits), dtype=np.int64, sep=" ") - 1
-    blob = b"".join(texts)
-    if b"&" in blob or b"_x" in blob or not blob.isascii():
-        texts = [_text(t) for t in texts]
-    else:
-        texts = [t.decode() for t in texts]
+    escaped = b"&" in chunk or b"_x" in chunk or not chunk.isascii()  # the chunk holds the texts
+    if escaped:
+        blob = b"".join(texts)
+        escaped = b"&" in blob or b"_x" in blob or not blob.isascii()
+    texts = [_text(t) for t in texts] if escaped else [t.decode() for t in texts]
     if None in vs or b"" in vs:
         cached = [_value("n", v, b"", ()) for v in vs]
     else:
