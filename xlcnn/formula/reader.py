@@ -633,7 +633,7 @@ def _interpret(book, sheet, cells, strings):
     other = book._other[sheet] = {}
     errors = book._errors[sheet] = set()
     frows, fcols, ftexts = [], [], []
-    values, others = [], {}  # cached: arrays/lists per part, and the non-numbers by index
+    values = []  # cached values: float64 arrays or lists, one per part, in formula order
     special_cached = {}      # (row, col) -> cached value of the cells written with an <f> element
     masters = {}   # si -> (row, col, shifter of the master text)
     children = []  # (row, col, si) of shared formulas to expand once all masters are known
