@@ -40,18 +40,21 @@ def _ref_spans(text, encoded):
 
 def _decode(M, starts, ends, base, zero):
     """Numbers spelt in byte columns [starts[k], ends[k]) of every row of M: digits (base 10,
-    zero '0') or column letters (base 26, zero '@' so that 'A' is 1).  Returns (rows, refs)."""
+    zero '0') or column letters (base 26, zero '@' so that 'A' is 1).  Returns (rows, refs)
+    int32 (a reference has at most 7 digits and 3 letters: SPLIT's pattern), by Horner's rule
+    over the digit positions: one gathered (rows, refs) column set per position, at most 7."""
     width = ends - starts
-    first = np.cumsum(width) - width               # where each number's digits start in pos
-    within = np.arange(int(width.sum())) - np.repeat(first, width)
-    pos = np.repeat(starts, width) + within
-    # int32 is enough (a reference has at most 7 digits and 3 letters: SPLIT's pattern) and
-    # halves the (cells, digits) temporaries of a 256-reference convolution formula
-    power = base ** (np.repeat(width, width) - 1 - within).astype(np.int32)
-    vals = M[:, pos].astype(np.int32)
-    vals -= zero
-    vals *= power
-    return np.add.reduceat(vals, first, axis=1)
+    out = np.zeros((len(M), len(starts)), np.int32)
+    for j in range(int(width.max()) if len(width) else 0):
+        live = width > j
+        d = M[:, np.where(live, starts + j, starts)].astype(np.int32)
+        d -= zero
+        if live.all():
+            out *= base
+            out += d
+        else:
+            out = np.where(live, out * base + d, out)
+    return out
 
 
 def _numbers(M, spans, rep, varies):
