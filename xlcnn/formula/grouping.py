@@ -97,12 +97,12 @@ def _split_matrix(A, texts, idx, out):
             kind[a:b] = 1
             kind[c:d] = 2
         sub = A if remaining.size == len(A) else A[remaining]
-        diff = sub != rep
-        moved = diff.any(0)
-        if not (moved & (kind == 0)).any():
+        moved = _moving(sub, rep)
+        outside = moved & (kind == 0)  # bytes outside references that differ somewhere
+        if not outside.any():
             ok = np.ones(len(sub), bool)
         else:
-            ok = ~diff[:, kind == 0].any(1)
+            ok = ~(sub[:, outside] != rep[outside]).any(1)
         for k, lo, hi in ((1, 65, 90), (2, 48, 57)):
             cols = moved & (kind == k)
             if cols.any():
@@ -110,18 +110,24 @@ def _split_matrix(A, texts, idx, out):
                 ok &= ((part >= lo) & (part <= hi)).all(1)
         members = remaining[ok]
         M = sub[ok] if not ok.all() else sub
-        rows, cols = _numbers(M, spans, rep, moved if ok.all() else (M != rep).any(0))
+        rows, cols = _numbers(M, spans, rep, moved if ok.all() else _moving(M, rep))
         out.setdefault(skeleton(text), []).append((idx[members], rows, cols))
         if ok.all():
             continue
         rest, left = remaining[~ok], sub[~ok]
-        other = np.flatnonzero((kind == 0) & (left != left[0]).any(0))
+        other = np.flatnonzero((kind == 0) & _moving(left, left[0]))
         if not len(other):
             work.append(rest)
             continue
         which = _row_classes(left[:, other])
         order = np.argsort(which, kind="stable")
         work += np.split(rest[order], np.flatnonzero(np.diff(which[order])) + 1)[::-1]
+
+
+def _moving(X, row):
+    """Columns of the uint8 matrix X where some row differs from ``row`` (a row of X or one
+    all rows share elsewhere): two reductions, no (rows, bytes) temporary."""
+    return (X.min(0) != row) | (X.max(0) != row)
 
 
 def _row_classes(X):
