@@ -1203,6 +1203,42 @@ def test_row_classes_partition_rows_as_unique_does():
     assert len(pairs) == len(set(which.tolist())) == len(set(want.ravel().tolist()))  # the same partition
 
 
+def test_weight_sheet_with_titles_and_formulas_reads_its_body_in_bulk(tmp_path, monkeypatch):
+    """A weight sheet as xlcnn writes it: text rows above and below the numbers, a formula in
+    between.  The rows of plain numbers go the bulk way, the others the regex way, and together
+    they read what ElementTree reads."""
+    from xlcnn.formula import reader
+    g = np.random.default_rng(8)
+    w = g.normal(size=(120, 40))
+    wb = xlsxwriter.Workbook(str(tmp_path / "w.xlsx"))
+    ws = wb.add_worksheet("w")
+    ws.write(0, 0, "fc1 weights")
+    ws.write_row(1, 1, [f"unit {j}" for j in range(40)])
+    for r in range(120):
+        ws.write(r + 2, 0, f"in {r}" if r % 50 == 0 else float(r))
+        ws.write_row(r + 2, 1, w[r].tolist())
+    ws.write_formula(60, 45, "=SUM(B3:B10)", None, 1.5)
+    ws.write(125, 0, "bias")
+    ws.write_row(126, 1, w[0].tolist())
+    wb.close()
+    with zipfile.ZipFile(tmp_path / "w.xlsx") as z:
+        xml = z.read("xl/worksheets/sheet1.xml")
+    runs = reader._plain_runs(xml)
+    assert sum(plain for _, plain in runs) >= 2 and b"".join(p for p, _ in runs) == xml
+    bulk = []
+    monkeypatch.setattr(reader, "_numeric_block", lambda c, f=reader._numeric_block: bulk.append(f(c)) or bulk[-1])
+    fast = reader._parse_sheet(xml)
+    assert sum(len(b[0]) for b in bulk if b is not None) >= 118 * 40  # the body went the bulk way
+    slow = reader._Cells()
+    reader._scan_slow(xml, slow)
+    assert _cells_of(fast) == _cells_of(slow) and len(_cells_of(fast)) == 120 * 41 - 3 + 40
+    def kinds(cells):  # (formula cells, other typed cells) by position
+        found = {(r, c) for rows, cols, *_ in cells.formulas for r, c in zip(rows, cols)}
+        found |= {x[:2] for x in cells.special if x[3] is not None}
+        return found, sorted(x[:3] for x in cells.special if x[3] is None)
+    assert kinds(fast) == kinds(slow) and kinds(fast)[0] == {(60, 45)} and len(kinds(fast)[1]) == 45
+
+
 def test_grouping_splits_many_per_sheet_skeletons_like_the_tokenizer():
     """Formulas of one length whose sheet names and functions differ (per-channel sheets) land
     in one coarse set; every group still holds one skeleton and the tokenizer's references."""

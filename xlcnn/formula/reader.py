@@ -497,36 +497,81 @@ def _scan_fast(data, cells):
         if block is not None:
             cells.num.append(block)
             continue
-        chunk = _formula_cells(chunk, cells)
-        parts = _CELL.split(chunk)
-        n = (len(parts) - 1) // 7
-        if n != chunk.count(b"<c ") + chunk.count(b"<c>"):
-            return False
-        if n == 0:
+        for part, plain in _plain_runs(chunk):
+            block = _numeric_block(part) if plain else None
+            if block is not None:
+                cells.num.append(block)
+            elif not _scan_regex(part, cells):
+                return False
+    return True
+
+
+_TYPED = re.compile(rb' t="|<f\b|<is\b')  # cells the number-block path does not read
+
+
+def _plain_runs(chunk):
+    """``chunk`` cut at row boundaries into [(bytes, plain)]: runs of rows holding only plain
+    numbers (the body of a weight sheet) apart from the rows around them with text, formulas or
+    inline strings (its title and labels), so the body still goes the bulk way.  One run,
+    not plain, when such rows are more than a few."""
+    typed = chunk.count(b' t="') + chunk.count(b"<f") + chunk.count(b"<is")
+    if typed == 0 or typed * 20 > chunk.count(b"<c "):
+        return [(chunk, False)]
+    spans = []  # byte spans of the rows holding a typed cell, merged
+    for m in _TYPED.finditer(chunk):
+        at = m.start()
+        if spans and at < spans[-1][1]:
             continue
-        cols, rows, ts, fs, vs, rests = (parts[k::7] for k in range(1, 7))
-        special = sorted(set(_indices_not_in(ts, _NUMERIC_T)) | set(_indices_not_in(fs, {None}))
-                         | set(_indices_not_in(rests, _NO_REST)))
-        keep = np.ones(n, bool)
-        keep[special] = False
-        if not set(vs).isdisjoint((None, b"")):  # empty (style-only) cells
-            keep &= np.fromiter(map(bool, vs), bool, n)
-        letter_ids = dict.fromkeys(cols)
-        for letters in letter_ids:
-            letter_ids[letters] = col_index(letters.decode())
-        col = np.fromiter(map(letter_ids.__getitem__, cols), np.int64, n)
-        row = np.fromstring(b" ".join(rows), dtype=np.int64, sep=" ") - 1
-        kept = vs if keep.all() else list(itertools.compress(vs, keep.tolist()))
-        vals = _decimals(b"\n".join(kept), len(kept))
-        if vals is None:
-            vals = np.fromiter(map(float, kept), np.float64, len(kept))
-        cells.num.append((row[keep], col[keep], vals))
-        for i in special:
-            f = fs[i]
-            v = vs[i]
-            cells.special.append((int(row[i]), int(col[i]), (ts[i] or b"n").decode(),
-                                  None if f is None else f.decode("utf-8"),
-                                  v, rests[i] or b""))
+        lo = chunk.rfind(b"<row", 0, at)
+        hi = chunk.find(b"</row>", at)
+        lo, hi = max(lo, 0), (len(chunk) if hi < 0 else hi + 6)
+        if spans and lo <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], hi)
+        else:
+            spans.append((lo, hi))
+    out, at = [], 0
+    for lo, hi in spans:
+        if lo > at:
+            out.append((chunk[at:lo], True))
+        out.append((chunk[lo:hi], False))
+        at = hi
+    if at < len(chunk):
+        out.append((chunk[at:], True))
+    return out
+
+
+def _scan_regex(chunk, cells):
+    """Cut one chunk with _CELL; False if some <c> element escaped the pattern."""
+    chunk = _formula_cells(chunk, cells)
+    parts = _CELL.split(chunk)
+    n = (len(parts) - 1) // 7
+    if n != chunk.count(b"<c ") + chunk.count(b"<c>"):
+        return False
+    if n == 0:
+        return True
+    cols, rows, ts, fs, vs, rests = (parts[k::7] for k in range(1, 7))
+    special = sorted(set(_indices_not_in(ts, _NUMERIC_T)) | set(_indices_not_in(fs, {None}))
+                     | set(_indices_not_in(rests, _NO_REST)))
+    keep = np.ones(n, bool)
+    keep[special] = False
+    if not set(vs).isdisjoint((None, b"")):  # empty (style-only) cells
+        keep &= np.fromiter(map(bool, vs), bool, n)
+    letter_ids = dict.fromkeys(cols)
+    for letters in letter_ids:
+        letter_ids[letters] = col_index(letters.decode())
+    col = np.fromiter(map(letter_ids.__getitem__, cols), np.int64, n)
+    row = np.fromstring(b" ".join(rows), dtype=np.int64, sep=" ") - 1
+    kept = vs if keep.all() else list(itertools.compress(vs, keep.tolist()))
+    vals = _decimals(b"\n".join(kept), len(kept))
+    if vals is None:
+        vals = np.fromiter(map(float, kept), np.float64, len(kept))
+    cells.num.append((row[keep], col[keep], vals))
+    for i in special:
+        f = fs[i]
+        v = vs[i]
+        cells.special.append((int(row[i]), int(col[i]), (ts[i] or b"n").decode(),
+                              None if f is None else f.decode("utf-8"),
+                              v, rests[i] or b""))
     return True
 
 
