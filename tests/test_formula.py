@@ -433,6 +433,19 @@ def test_override_of_a_formula_cell_and_mismatched_batch(tmp_path):
         evaluate(book, {("S", 0, 0): np.zeros(2), ("S", 0, 1): np.zeros(3)})
 
 
+def test_targets_evaluate_what_the_cells_need_and_nothing_else(tmp_path):
+    """targets: the formulas the asked cells depend on run (here B1 for C1's neighbour), the
+    rest read as no number; constants in the asked rectangle, beyond every formula, still show."""
+    book = make_book(tmp_path, {"S": {"A1": 1.0, "B1": "=A1*2", "C1": 5.0, "D1": "=B1+1", "A3": "=B1*10",
+                                      "H9": 7.0}})
+    res = evaluate(book, {("S", 0, 0): np.array([1.0, 3.0])}, targets=[("S", 0, 0, 0, 2), ("S", 8, 7, 8, 7)])
+    np.testing.assert_array_equal(res.block("S", 0, 0, 0, 2), [[[1.0, 2.0, 5.0]], [[3.0, 6.0, 5.0]]])
+    assert res.block("S", 8, 7, 8, 7).tolist() == [[[7.0]], [[7.0]]]
+    assert np.isnan(res.block("S", 0, 3, 0, 3)).all() and np.isnan(res.block("S", 2, 0, 2, 0)).all()
+    full = evaluate(book, {("S", 0, 0): np.array([1.0, 3.0])})
+    assert full.block("S", 0, 3, 0, 3).ravel().tolist() == [3.0, 7.0]
+
+
 def test_batched_lenet_like_pipeline(tmp_path):
     """conv -> relu -> pool -> dense -> softmax over a batch, against numpy."""
     g = np.random.default_rng(6)

@@ -135,8 +135,9 @@ class _Plan:
     of a needed class writing to many sheets (a copy formula shared by the flatten sheet and
     the gallery) only its cells on the sheets that targets or needed classes read."""
 
-    def __init__(self, prog, need, target_sheets):
-        self.need = need
+    def __init__(self, prog, need, rects):
+        self.need, self.rects = need, rects
+        target_sheets = {r[0] for r in rects}
         self.limit = {}  # class id -> positions of its cells to evaluate (multi-sheet classes)
         if need is None:
             self.active = set(range(len(prog.shapes)))
@@ -194,6 +195,8 @@ class _Plan:
                     cover(t, last_row, last_col)
         for s, row, col in resolved:
             cover(s, row, col)
+        for s, _, _, r1, c1 in self.rects:  # the cells asked for, formulas or not
+            cover(s, r1, c1)
         return [(min(r, R), min(c, C)) for (r, c), (R, C) in zip(ext, prog.shapes)]
 
     def skipped(self, prog, s, box):
@@ -218,7 +221,7 @@ def evaluate(book, overrides=None, targets=None):
         plan = _Plan(prog, None, ())
     else:
         rects = [(book.sheets.index(book.sheet_name(t[0])),) + tuple(t[1:]) for t in targets]
-        plan = _Plan(prog, needed_classes(prog, rects), {r[0] for r in rects})
+        plan = _Plan(prog, needed_classes(prog, rects), rects)
     overrides = dict(overrides or {})
     batch = _batch_size(overrides)
     b = 1 if batch is None else batch
