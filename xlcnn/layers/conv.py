@@ -14,7 +14,7 @@ from ..layout import FIRST_COL, FIRST_ROW, rng, text
 from . import functions as act
 from .base import FORMULA_LIMIT  # noqa: F401  (conv_transpose imports it from here)
 from .base import (HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width, channel_axis,
-                   handles, join_terms, must_be_none, ok, one_of, positive_ints, sumproduct, which_text,
+                   check_layout, handles, join_terms, must_be_none, ok, one_of, positive_ints, sumproduct, which_text,
                    write_activation_blocks)
 
 
@@ -161,9 +161,7 @@ class ConvWriter(LayerWriter):
     def write(self, ctx, x):
         c = self.config
         rank = 2 if self.one_d else 3
-        axis = channel_axis(c["data_format"], rank)
-        if x.rank != rank or x.channel_axis != axis:
-            self.refuse(f"expects a {rank}-D {c['data_format']} input, got shape {x.values.shape}")
+        axis = check_layout(self, x, rank)
         kernel = self.kernel4()
         bias = self.weights()[1] if c["use_bias"] else None
         kh, kw, cin, cout = kernel.shape          # cin: input channels per group

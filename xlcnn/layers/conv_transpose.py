@@ -27,7 +27,7 @@ import numpy as np
 from ..layout import FIRST_COL, quote_sheet, text
 from . import functions as act
 from .base import (FORMULA_LIMIT, HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width,
-                   channel_axis, handles, join_terms, ok, one_of, pair, positive_ints, which_text,
+                   channel_axis, check_layout, handles, join_terms, ok, one_of, pair, positive_ints, which_text,
                    write_activation_blocks)
 from .conv import write_conv_weights
 
@@ -216,9 +216,7 @@ class ConvTransposeWriter(LayerWriter):
     def write(self, ctx, x):
         c = self.config
         rank = 2 if self.one_d else 3
-        axis = channel_axis(c["data_format"], rank)
-        if x.rank != rank or x.channel_axis != axis:
-            self.refuse(f"expects a {rank}-D {c['data_format']} input, got shape {x.values.shape}")
+        axis = check_layout(self, x, rank)
         H, W = x.hw
         self._check_geometry(H, W)
         kernel = self.kernel4()

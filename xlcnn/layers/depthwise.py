@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, rng, text
 from . import functions as act
 from .base import (HEADER_ROWS, LayerWriter, MapSheets, Window, activation_option, bias_along_width, channel_axis,
-                   handles, join_terms, must_be_none, ok, one_of, positive_ints, which_text,
+                   check_layout, handles, join_terms, must_be_none, ok, one_of, positive_ints, which_text,
                    write_activation_blocks, write_weight_matrix)
 from .conv import add_bias, conv_term, conv_values, write_conv_weights
 
@@ -89,10 +89,7 @@ class _DepthwiseBase(LayerWriter):
 
     def geometry(self, x):
         c = self.config
-        axis = channel_axis(c["data_format"], self.rank)
-        if x.rank != self.rank or x.channel_axis != axis:
-            self.refuse(f"expects a {self.rank}-D {c['data_format']} input, "
-                        f"got shape {x.values.shape}")
+        axis = check_layout(self, x, self.rank)
         fn = act.activation_name(c["activation"])
         if fn in ("softmax", "log_softmax"):
             self.refuse(f"a fused {fn} on a convolution ({fn} over channels) is not supported yet; "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..layout import FIRST_COL, FIRST_ROW, Tensor, text
-from .base import (LayerWriter, MapSheets, Window, channel_axis, check_layout, handles, ok, one_of,
+from .base import (LayerWriter, MapSheets, Window, check_layout, handles, ok, one_of,
                    positive_ints_or_none, which_text, write_copy_maps)
 
 DATA_FORMATS = one_of("channels_last", "channels_first")
@@ -55,11 +55,8 @@ class Pooling2DWriter(LayerWriter):
                     geometry=self.window.text("pool", show_dilation=False), padding=self.config["padding"])
 
     def write(self, ctx, x):
-        c = self.config
         rank = 2 if self.one_d else 3
-        axis = channel_axis(c["data_format"], rank)
-        if x.rank != rank or x.channel_axis != axis:
-            self.refuse(f"expects a {rank}-D {c['data_format']} input, got shape {x.values.shape}")
+        axis = check_layout(self, x, rank)
         geo = self.window
         H, W = x.hw
         (oh, taps_h, pads_h), (ow, taps_w, pads_w) = geo.apply(H, W)
