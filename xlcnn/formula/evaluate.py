@@ -27,7 +27,7 @@ import numpy as np
 from .execute import Ctx, ev
 from .parser import MAX_COLS, MAX_ROWS
 from .program import compile_book
-from .schedule import by_sheet, needed_classes
+from .schedule import by_sheet, class_refs, needed_classes
 from .values import NAN, Rng, num
 
 
@@ -115,21 +115,6 @@ def _private(base, b):
     return out.transpose(2, 0, 1)
 
 
-def _read_corners(cls):
-    """(sheet, last row, last col) of what each reference of a class reads: a range's far
-    corner from its top-left slots and its size, without building its per-cell index arrays."""
-    def last(v):
-        return v if isinstance(v, int) else int(v.max())
-
-    in_range = set()
-    for first, (h, w, jr, jc, end) in cls.ranges.items():
-        in_range.update((first, end))
-        yield cls.slots[first].sheet, last(cls.slots[jr].row) + h - 1, last(cls.slots[jc].col) + w - 1
-    for j, slot in enumerate(cls.slots):
-        if j not in in_range:
-            yield slot.sheet, last(slot.row), last(slot.col)
-
-
 class _Plan:
     """What a run evaluates: every class (need None), or with targets the needed classes, and
     of a needed class writing to many sheets (a copy formula shared by the flatten sheet and
@@ -191,8 +176,8 @@ class _Plan:
             if self.need[cls.id]:
                 for t, _, rows, cols in by_sheet(cls, self.limit.get(cls.id)):
                     cover(t, rows, cols)
-                for t, last_row, last_col in _read_corners(cls):
-                    cover(t, last_row, last_col)
+                for t, top, left, h, w in class_refs(cls):  # each read's far corner
+                    cover(t, np.max(top) + (h or 1) - 1, np.max(left) + (w or 1) - 1)
         for s, row, col in resolved:
             cover(s, row, col)
         for s, _, _, r1, c1 in self.rects:  # the cells asked for, formulas or not

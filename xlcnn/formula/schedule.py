@@ -30,19 +30,33 @@ def at(v, sub):
     return v if sub is None or isinstance(v, int) else v[sub]
 
 
+def class_refs(cls):
+    """(sheet, top, left, h, w) of every read of a class: a range by the slots giving its top row
+    and left column and its size, a single reference with h = w = None.  top and left are ints
+    when all cells share them, else per-cell arrays."""
+    in_range = set()
+    for first, (h, w, jr, jc, last) in cls.ranges.items():
+        in_range.update((first, last))
+        yield cls.slots[first].sheet, cls.slots[jr].row, cls.slots[jc].col, h, w
+    for j, slot in enumerate(cls.slots):
+        if j not in in_range:
+            yield slot.sheet, slot.row, slot.col, None, None
+
+
 def class_reads(cls):
     """(sheet, row index, col index) of every read of a class, as arrays that broadcast to
     (cells,) for single references and (cells, h, w) for ranges."""
-    in_range = set()
-    for first, (h, w, jr, jc, last) in cls.ranges.items():
-        top, left = cls.slots[jr].row, cls.slots[jc].col
-        ri = np.add.outer(top, np.arange(h)).reshape(-1, h, 1)
-        ci = np.add.outer(left, np.arange(w)).reshape(-1, 1, w)
-        yield cls.slots[first].sheet, ri, ci
-        in_range.update((first, last))
-    for j, slot in enumerate(cls.slots):
-        if j not in in_range:
-            yield slot.sheet, np.asarray(slot.row), np.asarray(slot.col)
+    for t, top, left, h, w in class_refs(cls):
+        if h is None:
+            yield t, np.asarray(top), np.asarray(left)
+        else:
+            yield (t, np.add.outer(top, np.arange(h)).reshape(-1, h, 1),
+                   np.add.outer(left, np.arange(w)).reshape(-1, 1, w))
+
+
+def _span(v):
+    """(smallest, largest) of a slot coordinate (an int or a per-cell array)."""
+    return (v, v) if isinstance(v, int) else (int(v.min()), int(v.max()))
 
 
 def _class_deps(prog, cls):
@@ -50,21 +64,17 @@ def _class_deps(prog, cls):
     bounding box of a range's cells (an over-estimate can only cause a needless cell-level
     sort, never a wrong order)."""
     found = []
-    in_range = set()
-    for first, (h, w, jr, jc, last) in cls.ranges.items():
-        in_range.update((first, last))
-        W = prog.writer[cls.slots[first].sheet]
-        if W is not None:
-            top, left = cls.slots[jr].row, cls.slots[jc].col
-            r0, r1 = (top, top) if isinstance(top, int) else (int(top.min()), int(top.max()))
-            c0, c1 = (left, left) if isinstance(left, int) else (int(left.min()), int(left.max()))
-            box = W[r0:r1 + h, c0:c1 + w]
-            lo, hi = box.min(), box.max()
-            found.append(np.array([hi]) if lo == hi else box.ravel())  # usually one writer
-    for j, slot in enumerate(cls.slots):
-        W = prog.writer[slot.sheet]
-        if W is not None and j not in in_range:
-            found.append(np.ravel(W[slot.row, slot.col]))
+    for t, top, left, h, w in class_refs(cls):
+        W = prog.writer[t]
+        if W is None:
+            continue
+        if h is None:
+            found.append(np.ravel(W[top, left]))
+            continue
+        (r0, r1), (c0, c1) = _span(top), _span(left)
+        box = W[r0:r1 + h, c0:c1 + w]
+        lo, hi = box.min(), box.max()
+        found.append(np.array([hi]) if lo == hi else box.ravel())  # usually one writer
     if not found:
         return np.zeros(0, np.int64)
     ids = np.concatenate(found)
