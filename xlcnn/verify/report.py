@@ -138,6 +138,10 @@ class Check:
     kind: str = ""
     skipped: str = ""
 
+    def fail(self, message, lines=()):
+        """Mark the check failed with a one-line message and up to 200 lines of detail."""
+        self.passed, self.message, self.detail = False, message, "\n".join(list(lines)[:200])
+
 
 
 def stage_failure(s, atol, rtol):
@@ -160,43 +164,33 @@ def workbook_checks(r):
     if not r.cached_checked:
         cached.skipped = "not checked: --image gives the input cells other values than the ones cached"
     elif r.cached_mismatches:
-        cached.passed = False
-        cached.message = (f"{r.cached_mismatches:,} formula cells show a stale cached value, first "
-                          f"{r.cached_examples[0] if r.cached_examples else '?'}")
-        cached.detail = "\n".join(r.cached_examples)
+        cached.fail(f"{r.cached_mismatches:,} formula cells show a stale cached value, first "
+                    f"{r.cached_examples[0] if r.cached_examples else '?'}", r.cached_examples)
     checks.append(cached)
     constants = Check(CHECK_CONSTANTS, kind="ConstantWhereFormulaBelongs")
     if r.constant_cells:
-        constants.passed = False
-        constants.message = (f"{len(r.constant_cells):,} stage cells hold a constant where a formula belongs, "
-                             f"first {r.constant_cells[0]}")
-        constants.detail = "\n".join(r.constant_cells[:200])
+        constants.fail(f"{len(r.constant_cells):,} stage cells hold a constant where a formula belongs, "
+                       f"first {r.constant_cells[0]}", r.constant_cells)
     checks.append(constants)
     limits = Check(CHECK_LINT, kind="ExcelLimit")
     if r.lint:
-        limits.passed = False
-        limits.message = f"{len(r.lint):,} problem(s), first: {r.lint[0]}"
-        limits.detail = "\n".join(r.lint[:200])
+        limits.fail(f"{len(r.lint):,} problem(s), first: {r.lint[0]}", r.lint)
     checks.append(limits)
     if r.traces_checked or r.trace_problems:
         traces = Check(CHECK_TRACE, kind="TraceMismatch")
         if r.trace_problems:
-            traces.passed = False
-            traces.message = f"{len(r.trace_problems)} problem(s), first: {r.trace_problems[0]}"
-            traces.detail = "\n".join(r.trace_problems[:200])
+            traces.fail(f"{len(r.trace_problems)} problem(s), first: {r.trace_problems[0]}", r.trace_problems)
         checks.append(traces)
     if r.predicted_keras is not None or r.predicted_workbook is not None:
         top1 = Check(CHECK_TOP1, kind="Top1Disagreement")
         if r.predicted_workbook != r.predicted_keras:
-            top1.passed = False
-            top1.message = f"the workbook predicts class {r.predicted_workbook}, Keras class {r.predicted_keras}"
+            top1.fail(f"the workbook predicts class {r.predicted_workbook}, Keras class {r.predicted_keras}")
         checks.append(top1)
     if r.images:
         batch = Check(CHECK_IMAGES, kind="Top1Disagreement")
         if r.top1_agreement is not None and r.top1_agreement < 1.0:
-            batch.passed = False
-            batch.message = (f"top-1 agreement {r.top1_agreement:.1%} over {r.images} images "
-                             f"(worst error/scale {r.batch_worst_error:.2e})")
+            batch.fail(f"top-1 agreement {r.top1_agreement:.1%} over {r.images} images "
+                       f"(worst error/scale {r.batch_worst_error:.2e})")
         checks.append(batch)
     return checks
 
