@@ -48,8 +48,16 @@ def _models():
             L.Dense(2),
         ])
 
+    # 33 channels: a trace picks its channel's map from more sheets than LibreOffice's CHOOSE takes (30)
+    wide = seq((6, 6, 2), lambda: [
+        L.Conv2D(33, 1, activation="relu", bias_initializer="random_normal"),
+        L.MaxPooling2D(2),
+        L.DepthwiseConv2D(2, padding="same", bias_initializer="random_normal"),
+        L.Flatten(),
+        L.Dense(2),
+    ])
     return {"2d_last": two_d("channels_last"), "2d_first": two_d("channels_first"),
-            "1d_last": one_d("channels_last"), "1d_first": one_d("channels_first")}
+            "1d_last": one_d("channels_last"), "1d_first": one_d("channels_first"), "2d_wide": wide}
 
 
 @pytest.fixture(scope="module")

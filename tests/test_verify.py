@@ -550,22 +550,31 @@ def lint_one_by_one(book):
         where = cell_name(sheet, row, col)
         if len(text) + 1 > EXCEL_MAX_FORMULA:
             problems.append(f"{where}: formula of {len(text) + 1} characters (Excel's limit is 8,192)")
-        if text.count("(") > EXCEL_MAX_NESTING or text.count(",") >= EXCEL_MAX_ARGS:
-            depth, args, worst_depth, worst_args = 0, [0], 0, 0
-            for ch in re.sub(r"'(?:[^']|'')*'|\"[^\"]*\"", "", text):
-                if ch == "(":
-                    depth += 1
-                    args.append(0)
-                    worst_depth = max(worst_depth, depth)
-                elif ch == ")":
-                    worst_args = max(worst_args, args.pop() + 1)
-                    depth -= 1
-                elif ch == ",":
-                    args[-1] += 1
-            if worst_depth > EXCEL_MAX_NESTING:
-                problems.append(f"{where}: nesting {worst_depth} levels deep (Excel's limit is 64)")
-            if worst_args > EXCEL_MAX_ARGS:
-                problems.append(f"{where}: a function with {worst_args} arguments (Excel's limit is 255)")
+        bare = re.sub(r"'(?:[^']|'')*'|\"[^\"]*\"", "", text)
+        depth, args, worst_depth, worst_args, worst_options = 0, [0], 0, 0, 0
+        names = [None]
+        for at, ch in enumerate(bare):
+            if ch == "(":
+                depth += 1
+                args.append(0)
+                names.append(re.search(r"[A-Za-z_][A-Za-z0-9_.]*$", bare[:at]))
+                worst_depth = max(worst_depth, depth)
+            elif ch == ")":
+                n = args.pop()
+                worst_args = max(worst_args, n + 1)
+                name = names.pop()
+                if name is not None and name.group().upper() == "CHOOSE":
+                    worst_options = max(worst_options, n)
+                depth -= 1
+            elif ch == ",":
+                args[-1] += 1
+        if worst_depth > EXCEL_MAX_NESTING:
+            problems.append(f"{where}: nesting {worst_depth} levels deep (Excel's limit is 64)")
+        if worst_args > EXCEL_MAX_ARGS:
+            problems.append(f"{where}: a function with {worst_args} arguments (Excel's limit is 255)")
+        if worst_options > 30:
+            problems.append(f"{where}: a CHOOSE with {worst_options} options (LibreOffice computes #VALUE! past 30; "
+                            "nest CHOOSEs of 30)")
         for fn in re.findall(r"([A-Za-z_][A-Za-z0-9_.]*)\(", re.sub(r"'(?:[^']|'')*'|\"[^\"]*\"", "", text)):
             if fn.upper() not in PORTABLE_FUNCTIONS and fn.upper() not in seen_functions:
                 seen_functions.add(fn.upper())
@@ -631,11 +640,16 @@ def test_lint_by_group_equals_one_by_one_on_hand_written_formulas(tmp_path):
         b.write_formula(r, 0, f"=ROUNDUP('b(1),x'!C{r + 1}*a!A{r + 1},1)&\"((,\"")
     b.write_formula(5, 0, "=mod(a!A1,3)+ERF.PRECISE(a!A2)")
     b.write_formula(6, 0, "=" + "EXP(" * 70 + "a!A1" + ")" * 70)
+    options = ",".join(f"a!A{1 + i % 6}" for i in range(31))
+    b.write_formula(7, 0, f"=INDEX(CHOOSE(a!A1,{options}),1)")   # 31 options: #VALUE! in LibreOffice
+    b.write_formula(8, 0, f"=choose(a!A1,{options[:-5]})+SUM({options})")  # 30: fine; SUM takes 31
     wb.close()
     book = read_workbook(path)
     want = lint_one_by_one(book)
     assert len(want) >= 10 and any("8,192" in p for p in want) and any("nesting" in p for p in want)
     assert any("arguments" in p for p in want) and any("function LOG " in p for p in want)
+    assert [p for p in want if "CHOOSE" in p] == [
+        "'b(1),x'!A8: a CHOOSE with 31 options (LibreOffice computes #VALUE! past 30; nest CHOOSEs of 30)"]
     assert lint(book, groups_of(book)) == want
     assert lint(book) == want  # no groups: every formula on its own
 

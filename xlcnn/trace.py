@@ -29,7 +29,8 @@ MAX_BLOCKS = 12        # input channels shown as a block each; the rest are summ
 MAX_DENSE_ROWS = 40    # a Dense trace lists this many inputs; its sum covers all of them
 MAX_TRACES = 64        # stages traced; later ones are left out with a note
 FORMULA_LIMIT = 8000   # Excel's 8,192 characters, with a margin
-CHOOSE_LIMIT = 254     # Excel's 255 arguments, the index included
+CHOOSE_LIMIT = 254     # channels a trace picks from (one sheet each); the formula must stay under 8,192
+CHOOSE_OPTIONS = 30    # LibreOffice gives #VALUE! for a CHOOSE with more options: nested past that
 
 # the conv weight sheet (conv.write_conv_weights): block (out o, in i) at row TOP + o (kh + 1), column
 # LEFT + i (kw + 1); the bias of output o in column FIRST_COL of the block's first row
@@ -114,9 +115,22 @@ def _pick_map(t, channel_expr, row_expr, col_expr):
     if t.channels == 1:
         return f"INDEX({_map(t, 0)},{row_expr},{col_expr})"
     if t.channels > CHOOSE_LIMIT:
-        raise Skip(f"its {t.channels} channels pass Excel's 255-argument limit of CHOOSE")
-    maps = ",".join(_map(t, c) for c in range(t.channels))
-    return f"INDEX(CHOOSE({channel_expr}+1,{maps}),{row_expr},{col_expr})"
+        raise Skip(f"its {t.channels} channel sheets are more than a trace picks from ({CHOOSE_LIMIT})")
+    return f"INDEX({choose(channel_expr, [_map(t, c) for c in range(t.channels)])},{row_expr},{col_expr})"
+
+
+def choose(k, options):
+    """CHOOSE(k+1, options...) for a 0-based index expression k, nested so that no CHOOSE has more
+    than CHOOSE_OPTIONS options: LibreOffice computes #VALUE! for a CHOOSE of 31 or more (Excel
+    and Gnumeric take 254). Past 30 the outer CHOOSE picks the group of 30, INT(k/30)+1, and the
+    inner one the option in it, k-30*INT(k/30)+1 (MOD without MOD, which is not in xlcnn's
+    portable set)."""
+    if len(options) <= CHOOSE_OPTIONS:
+        return f"CHOOSE({k}+1,{','.join(options)})"
+    n = CHOOSE_OPTIONS
+    kk = f"({k})" if any(op in k for op in "+-*/") else k
+    inner = [f"CHOOSE({kk}-{n}*INT({kk}/{n})+1,{','.join(options[i:i + n])})" for i in range(0, len(options), n)]
+    return choose(f"INT({kk}/{n})", inner)
 
 
 class Plan:

@@ -31,6 +31,9 @@ EXCEL_MAX_ARGS = 255
 EXCEL_MAX_NESTING = 64
 
 
+LIBREOFFICE_CHOOSE_OPTIONS = 30  # a CHOOSE with more options is #VALUE! in LibreOffice (Excel takes 254)
+
+
 _BAD_SHEET = re.compile(r"[\\/?*\[\]:]")
 
 
@@ -51,26 +54,33 @@ def formula_table(book):
 
 _STRINGS = re.compile(r"'(?:[^']|'')*'|\"[^\"]*\"")
 _FUNCTION = re.compile(r"([A-Za-z_][A-Za-z0-9_.]*)\(")
+_CALL_TOKEN = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_.]*)?\(|[,)]")
 
 
 def formula_problems(text):
-    """(nesting depth, most arguments of one function, function names) of one formula text, or
-    (0, 0, names) when it is too short to come near the limits."""
+    """(nesting depth, most arguments of one function, most options of one CHOOSE, function names)
+    of one formula text; zeros when it is too short to come near the limits."""
     bare = _STRINGS.sub("", text)
-    depth = args = 0
-    if text.count("(") > EXCEL_MAX_NESTING or text.count(",") >= EXCEL_MAX_ARGS:
-        d, stack = 0, [0]
-        for ch in bare:
-            if ch == "(":
-                d += 1
-                stack.append(0)
-                depth = max(depth, d)
-            elif ch == ")":
-                args = max(args, stack.pop() + 1)
+    depth = args = options = 0
+    commas = text.count(",")
+    if text.count("(") > EXCEL_MAX_NESTING or commas >= EXCEL_MAX_ARGS or (
+            commas > LIBREOFFICE_CHOOSE_OPTIONS and "CHOOSE(" in bare.upper()):
+        d, stack = 0, [[None, 0]]
+        for m in _CALL_TOKEN.finditer(bare):
+            tok = m.group()
+            if tok == ",":
+                stack[-1][1] += 1
+            elif tok == ")":
+                name, n = stack.pop()
+                args = max(args, n + 1)
+                if name == "CHOOSE":
+                    options = max(options, n)
                 d -= 1
-            elif ch == ",":
-                stack[-1] += 1
-    return depth, args, _FUNCTION.findall(bare)
+            else:
+                d += 1
+                depth = max(depth, d)
+                stack.append([tok[:-1].upper(), 0])
+    return depth, args, options, _FUNCTION.findall(bare)
 
 
 def lint(book, groups=None):
@@ -101,7 +111,7 @@ def lint(book, groups=None):
         if not len(members):
             continue
         longest = int(members[int(np.argmax(lengths[members]))])
-        depth, args, functions = formula_problems(texts[longest])
+        depth, args, options, functions = formula_problems(texts[longest])
         first = int(members.min())
         if depth > EXCEL_MAX_NESTING:
             found += [(i, 1, f"{where(i)}: nesting {depth} levels deep (Excel's limit is 64)")
@@ -109,12 +119,15 @@ def lint(book, groups=None):
         if args > EXCEL_MAX_ARGS:
             found += [(i, 2, f"{where(i)}: a function with {args} arguments (Excel's limit is 255)")
                       for i in members.tolist()]
+        if options > LIBREOFFICE_CHOOSE_OPTIONS:
+            found += [(i, 3, f"{where(i)}: a CHOOSE with {options} options (LibreOffice computes #VALUE! past "
+                             f"{LIBREOFFICE_CHOOSE_OPTIONS}; nest CHOOSEs of 30)") for i in members.tolist()]
         for k, fn in enumerate(functions):
             key = fn.upper()
             if key not in PORTABLE_FUNCTIONS and (key not in first_use or first_use[key][:2] > (first, k)):
                 first_use[key] = (first, k, fn)
     for first, k, fn in first_use.values():
-        found.append((first, 3 + k, f"{where(first)}: function {fn} is not in xlcnn's portable set "
+        found.append((first, 4 + k, f"{where(first)}: function {fn} is not in xlcnn's portable set "
                                     "(Excel 2010+ and LibreOffice)"))
     found.sort(key=lambda f: f[:2])
     return problems + [m for _, _, m in found]
