@@ -3,6 +3,7 @@ workbooks written here with XlsxWriter (or by hand, for shared formulas and odd 
 
 import io
 import math
+import re
 import shutil
 import struct
 import subprocess
@@ -626,6 +627,80 @@ def test_shared_formulas_are_expanded(tmp_path):
         assert res.value(*key) == cached, key
 
 
+def _letter(c):
+    return "ABCDEFGHIJ"[c]
+
+
+def test_shared_formulas_copies_compile_from_the_master_and_equal_their_texts(tmp_path):
+    """Copies of a shared formula (the bulk pattern, and copies the pattern leaves to the
+    per-cell path) compile from the master's references moved, never from texts; they equal the
+    same formulas written out one by one, texts, lengths and values; a copy whose reference
+    leaves the grid is #REF! (grouped by its text)."""
+    x = np.arange(1.0, 43.0).reshape(6, 7) / 7
+    grid = "".join(f'<row r="{r + 1}">' + "".join(f'<c r="{_letter(c)}{r + 1}"><v>{float(x[r, c])!r}</v></c>'
+                                                  for c in range(7)) + "</row>" for r in range(6))
+
+    def conv(r, c):  # the formula written at (r, c), 0-based, spelt by hand
+        return (f"SUMPRODUCT(inp!{_letter(c - 1)}{r}:{_letter(c)}{r + 1},$H$1:$I$2)"
+                f"+inp!$A{r}*2+LOG10(inp!{_letter(c - 1)}$1)")
+
+    cells, plain = {}, {}
+    for r in range(1, 5):
+        for c in range(1, 5):
+            cells[(r, c)] = ('<f t="shared" ref="B2:E5" si="0">' + conv(r, c) + "</f>" if (r, c) == (1, 1)
+                             else '<f t="shared" si="0"/>')
+            plain[(r, c)] = conv(r, c)
+    cells[(0, 6)] = '<f t="shared" si="7"/>'        # above its master: inp!A0 is #REF!
+    cells[(1, 6)] = '<f t="shared" ref="G1:G3" si="7">inp!A1*3</f>'
+    cells[(2, 6)] = '<f t="shared" si="7"/>'
+    plain[(0, 6)], plain[(1, 6)], plain[(2, 6)] = "inp!#REF!*3", "inp!A1*3", "inp!A2*3"
+    rows = {}
+    for (r, c), f in sorted(cells.items()):
+        t = ' t="e"' if (r, c) == (0, 6) else ' s="1"'   # an error's t= sends the copy the slow way
+        v = "#REF!" if (r, c) == (0, 6) else "0.5"
+        rows.setdefault(r, []).append(f'<c r="{_letter(c)}{r + 1}"{t}>{f}<v>{v}</v></c>')
+    weights = '<c r="H1"><v>0.5</v></c><c r="I1"><v>-1</v></c>'
+    body = "".join(f'<row r="{r + 1}">' + "".join(rows.get(r, [])) + (weights if r == 0 else "") + "</row>"
+                   for r in range(6))
+    body = body.replace('<row r="2">', '<row r="2"><c r="H2"><v>2</v></c><c r="I2"><v>0.25</v></c>', 1)
+    shared = read_workbook(handmade(tmp_path / "s.xlsx", [("inp", "a.xml", grid), ("S", "b.xml", body)]))
+    written = "".join(f'<row r="{r + 1}">' + "".join(
+        f'<c r="{_letter(c)}{r + 1}"><f>{plain[(r, c)]}</f></c>' for c in range(7) if (r, c) in plain)
+        + "</row>" for r in range(6))
+    written = written.replace('<row r="1">', '<row r="1">' + weights, 1).replace(
+        '<row r="2">', '<row r="2"><c r="H2"><v>2</v></c><c r="I2"><v>0.25</v></c>', 1)
+    one_by_one = read_workbook(handmade(tmp_path / "p.xlsx", [("inp", "a.xml", grid), ("S", "b.xml", written)]))
+
+    assert {k[1:]: t for k, t in shared.formulas.items() if k[0] == "S"} == plain
+    rows_, cols_, texts = shared.formula_cells("S")
+    np.testing.assert_array_equal(shared.formula_lengths("S"), [len(t) for t in texts])
+    assert [g[2:] for g in shared.shared_formulas("S")] == [(conv(1, 1), 1, 1), ("inp!A1*3", 1, 6)]
+    assert texts[-1] == texts[len(texts) - 1] and texts[1:3] == [texts[1], texts[2]]
+    with pytest.raises(FormulaError, match=r"S!G1: reference outside the sheet grid \(#REF!\)"):
+        evaluate(shared)  # as for the same text written out: a broken reference is refused
+    from xlcnn.formula import compile_book
+    body = re.sub(r'<c r="G1".*?</c>', "", body)
+    written = re.sub(r'<c r="G1".*?</c>', "", written)
+    del plain[(0, 6)]
+    shared = read_workbook(handmade(tmp_path / "s2.xlsx", [("inp", "a.xml", grid), ("S", "b.xml", body)]))
+    one_by_one = read_workbook(handmade(tmp_path / "p2.xlsx", [("inp", "a.xml", grid), ("S", "b.xml", written)]))
+    prog = compile_book(shared)
+    copies = sum(stop - start for start, stop, *_ in shared.shared_formulas("S"))
+    assert copies == 16 and len(prog.groups) == 2  # each copy in its master's class
+    a, b = evaluate(shared), evaluate(one_by_one)
+    for (r, c) in plain:
+        assert np.array_equal(a.value("S", r, c), b.value("S", r, c), equal_nan=True), (r, c)
+    w = np.array([[0.5, -1.0], [2.0, 0.25]])
+    for r in range(1, 5):
+        for c in range(1, 5):
+            want = (x[r - 1:r + 1, c - 1:c + 1] * w).sum() + x[r - 1, 0] * 2 + np.log10(x[0, c - 1])
+            assert a.value("S", r, c) == pytest.approx(want, rel=1e-13)
+    assert a.value("S", 2, 6) == x[1, 0] * 3
+    orphan = body.replace('ref="G1:G3" si="7"', 'ref="G1:G3" si="8"')
+    with pytest.raises(FormulaError, match="si=7 has no master"):
+        read_workbook(handmade(tmp_path / "o.xlsx", [("inp", "a.xml", grid), ("S", "b.xml", orphan)]))
+
+
 def test_sheet_order_from_workbook_xml_and_string_kinds(tmp_path):
     strings = ["<si><t>plain</t></si>", "<si><r><t>ri</t></r><r><t>ch</t></r><rPh><t>x</t></rPh></si>",
                "<si><t>a&amp;b_x000D_</t></si>"]
@@ -757,6 +832,7 @@ def evaluate_one_by_one(book, monkeypatch, overrides=None):
     """Evaluate with every cell in its own class (no grouping, no shared matrix product)."""
     with monkeypatch.context() as m:
         m.setattr(program_module, "group_formulas", group_one_by_one)
+        m.setattr(program_module, "shifted_refs", lambda *a: None)  # shared formulas' copies as texts too
         m.setattr(program_module, "parse", lambda key: parse(list(key[:-1])))
         book.program = None
         res = evaluate(book, overrides=overrides)

@@ -55,6 +55,17 @@ def edit_cell(src, dst, sheet, cell, transform):
     return dst
 
 
+def drop_formula(cell):
+    """A cell's XML without its formula element: its own <f>, or its place in a shared formula."""
+    return re.sub(r"<f\b[^>]*?(?:/>|>[^<]*</f>)", "", cell)
+
+
+def set_formula(text):
+    """A transform for edit_cell: the cell's formula element becomes <f>text</f> (a copy of a
+    shared formula leaves it)."""
+    return lambda cell: re.sub(r"<f\b[^>]*?(?:/>|>[^<]*</f>)", lambda _: f"<f>{text}</f>", cell)
+
+
 def beside(books, tmp_path):
     """A name for a tampered copy next to the honest one, so its recorded model path still resolves."""
     return books["lenet.keras"].with_name(f"tampered_{tmp_path.name}.xlsx")
@@ -173,7 +184,7 @@ def test_changed_weight_fails_at_its_layer(books, tmp_path, capsys):
 def test_stage_formula_replaced_by_its_own_value_fails(books, tmp_path, capsys):
     """Even the right number is wrong where a formula belongs: the workbook stops being live."""
     bad = edit_cell(books["lenet.keras"], beside(books, tmp_path), "02 conv1 c1", "AE10",
-                    lambda c: re.sub(r"<f>.*?</f>", "", c))
+                    drop_formula)
     code, out, rep = report(bad, capsys)
     assert code == 1
     assert rep["constant_cells"] == ["'02 conv1 c1'!AE10"]
@@ -183,7 +194,7 @@ def test_stage_formula_replaced_by_its_own_value_fails(books, tmp_path, capsys):
 def test_constant_in_the_block_before_a_fused_activation_fails(books, tmp_path, capsys):
     """H10 is in conv1's z block (pre-activation), which the manifest does not list: still caught."""
     bad = edit_cell(books["lenet.keras"], beside(books, tmp_path), "02 conv1 c1", "H10",
-                    lambda c: re.sub(r"<f>.*?</f>", "", c))
+                    drop_formula)
     code, out, rep = report(bad, capsys)
     assert code == 1
     assert rep["constant_cells"] == ["'02 conv1 c1'!H10"]
@@ -255,7 +266,7 @@ def test_junit_of_an_honest_workbook(books, capsys, monkeypatch):
 def prediction_halved(books, tmp_path):
     """softmax of class 7 (the predicted one, ~1.0) halved: only the last stage is wrong, and its cached value."""
     return edit_cell(books["lenet.keras"], beside(books, tmp_path), "09 predictions", "D12",
-                     lambda c: c.replace("<f>C12/SUM(", "<f>0.5*C12/SUM("))
+                     set_formula("0.5*C12/SUM($C$5:$C$14)"))
 
 
 def test_junit_fails_exactly_the_broken_stage_naming_its_worst_cell(books, tmp_path, capsys, monkeypatch):
@@ -297,7 +308,7 @@ def test_github_annotations_for_a_broken_workbook(books, tmp_path, capsys, monke
 
 
 @pytest.mark.parametrize("tamper, kind, needle", [
-    (("02 conv1 c1", "AE10", lambda c: re.sub(r"<f>.*?</f>", "", c)), "ConstantWhereFormulaBelongs",
+    (("02 conv1 c1", "AE10", drop_formula), "ConstantWhereFormulaBelongs",
      "'02 conv1 c1'!AE10"),
     (("09 predictions", "D8", lambda c: re.sub(r"<v>[^<]+</v>", "<v>0.5</v>", c)), "StaleCachedValue",
      "'09 predictions'!D8"),
@@ -518,7 +529,7 @@ def test_no_keras_checks_the_workbook_alone_without_tensorflow(books, tmp_path):
 
 @pytest.mark.parametrize("sheet, cell, transform, field", [
     ("09 predictions", "D8", lambda c: re.sub(r"<v>[^<]+</v>", "<v>0.5</v>", c), "cached_mismatches"),
-    ("02 conv1 c1", "AE10", lambda c: re.sub(r"<f>.*?</f>", "", c), "constant_cells"),
+    ("02 conv1 c1", "AE10", drop_formula, "constant_cells"),
 ], ids=["stale-cached-value", "constant-over-a-formula"])
 def test_no_keras_still_fails_a_broken_workbook(books, tmp_path, sheet, cell, transform, field):
     bad = edit_cell(books["lenet.keras"], tmp_path / "bad.xlsx", sheet, cell, transform)
@@ -663,7 +674,7 @@ def test_lint_and_cached_check_vectorised_equal_one_by_one_on_real_workbooks(boo
     stale = edit_cell(books["lenet.keras"], tmp_path / "stale.xlsx", "09 predictions", "D8",
                       lambda c: re.sub(r"<v>[^<]+</v>", "<v>0.5</v>", c))
     gone = edit_cell(books["lenet.keras"], tmp_path / "gone.xlsx", "02 conv1 c1", "AE10",
-                     lambda c: re.sub(r"<f>.*?</f>", "", c))
+                     drop_formula)
     for path in (books["lenet.keras"], books["padding_cf.h5"], stale, gone):
         book = read_workbook(path)
         result = evaluate(book)

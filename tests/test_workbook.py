@@ -194,3 +194,51 @@ def test_estimate_says_what_opening_in_libreoffice_takes_and_warns_past_a_laptop
     assert big.libreoffice_mb > LAPTOP_MB
     (note,) = big.warnings()
     assert "LibreOffice" in note and "GB" in note and "\n" not in note
+
+
+def test_shared_rectangles_find_copies_as_excel_copies_formulas():
+    from xlcnn.workbook import shared_rectangles
+    cells = {}
+    for r in range(4, 8):          # a 4x3 map: each cell's window moves with it, the kernel stays
+        for c in range(1, 4):
+            cells[(r, c)] = f"SUMPRODUCT(x!{chr(65 + c)}{r + 1}:{chr(66 + c)}{r + 2},$K$1:$L$2)+$K$3"
+    for r in range(4, 7):          # stride 2: the window moves two rows a step, no copy of another
+        cells[(r, 5)] = f"MAX(x!B{2 * r + 1}:B{2 * r + 2})"
+    for c in (7, 8, 10):           # a run of two, and one alone (a rectangle needs two cells)
+        cells[(4, c)] = f"x!{chr(65 + c)}1*2"
+    cells[(5, 7)] = "x!H2*2"       # the next row, one cell: a copy of (4, 7), alone in its row
+    cells[(9, 1)], cells[(9, 2)] = "B10*$A$1", "C10*$A$2"  # the absolute one differs: no copy
+    rows, cols, texts = zip(*[(r, c, t) for (r, c), t in cells.items()])
+    got = shared_rectangles(list(rows), list(cols), list(texts))
+    assert got == [(4, 1, 7, 3), (4, 7, 4, 8)]
+    covered = {(r, c) for r0, c0, r1, c1 in got for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)}
+    assert covered <= set(cells) and (4, 10) not in covered and (9, 1) not in covered
+    assert shared_rectangles([0], [0], ["A1"]) == []
+
+
+def test_shared_formulas_in_a_built_workbook_mean_the_formulas_written_one_by_one(tmp_path, monkeypatch):
+    """The same model written with and without shared formulas: the same text and cached value in
+    every cell, read back (a shared formula's copies made from its master); the conv maps are one
+    shared formula each, and the file is smaller."""
+    pytest.importorskip("tensorflow")
+    from pathlib import Path
+
+    from xlcnn.build import build
+    from xlcnn.formula import read_workbook
+    root = Path(__file__).resolve().parent.parent
+    args = (root / "samples" / "lenet.keras", root / "samples" / "digits" / "digit_3.png")
+    build(*args, tmp_path / "shared.xlsx")
+    monkeypatch.setattr(workbook, "shared_rectangles", lambda rows, cols, texts: [])
+    build(*args, tmp_path / "plain.xlsx")
+    a, b = read_workbook(tmp_path / "shared.xlsx"), read_workbook(tmp_path / "plain.xlsx")
+    assert dict(a.formulas.items()) == dict(b.formulas.items())
+    assert dict(a.cached.items()) == dict(b.cached.items())
+    assert not any(b.shared_formulas(s) for s in b.sheets)
+    conv = [s for s in a.sheets if s.startswith("02 conv1 c")]
+    # each conv map: its z block and its ReLU block beside it, one shared formula each
+    assert conv and all(len(a.shared_formulas(s)) == 2 for s in conv)
+    (start, stop, text, row, col), (_, _, relu, _, _) = a.shared_formulas(conv[0])
+    assert (row, col, stop - start) == (4, 1, 28 * 28 - 1) and text.startswith("SUMPRODUCT(") and relu == "MAX(0,B5)"
+    xml = sheet_xml(tmp_path / "shared.xlsx", a.sheets.index(conv[0]) + 1)
+    assert '<f t="shared" ref="B5:AC32" si="0">SUMPRODUCT(' in xml and xml.count('<f t="shared" si="0"/>') == 783
+    assert (tmp_path / "shared.xlsx").stat().st_size < (tmp_path / "plain.xlsx").stat().st_size

@@ -22,6 +22,8 @@ from xlsxwriter.utility import xl_col_to_name
 from xlsxwriter.worksheet import Worksheet
 
 from .errors import XlcnnError
+from .formula.grouping import group_formulas, row_ids
+from .formula.parser import STRIDE
 from .layout import FIRST_COL, FIRST_ROW, quote_sheet, style, text
 
 # -- the XlsxWriter internals xlcnn writes through, checked once --------------------------------------
@@ -108,6 +110,7 @@ class FastWorksheet(Worksheet):
         self._blocks = []          # (first row, first col, float64 2-D array, format)
         self._templates = {}       # block index -> its row template
         self._block_rows = {}      # row -> [(first col, last col, block index, row in block)]
+        self._shared = {}          # (row, col) -> (si, ref or None) of shared formulas, made when written
 
     # -- storing -----------------------------------------------------------------------------
     def store_formula(self, row, col, formula, fmt, value):
@@ -167,6 +170,7 @@ class FastWorksheet(Worksheet):
     def _write_rows(self):
         """XlsxWriter's row writer, visiting only the rows and cells that exist."""
         self._calculate_spans()
+        self._shared = self._shared_formulas()
         table, block_rows, row_info, comments = self.table, self._block_rows, self.row_info, self.comments
         rmin, rmax = self.dim_rowmin, self.dim_rowmax
         rows = sorted(r for r in {*table, *block_rows, *row_info, *comments} if rmin <= r <= rmax)
@@ -187,6 +191,22 @@ class FastWorksheet(Worksheet):
                 self._xml_end_tag("row")
             elif r in comments or r in row_info:
                 self._write_empty_row(r, span, row_info.get(r))
+
+    def _shared_formulas(self):
+        """{(row, col): (si, ref or None)}: the formula cells written as shared formulas, the
+        top-left cell of each rectangle (ref) holding the text and the others only its index."""
+        rows, cols, texts = [], [], []
+        for r, cells in self.table.items():
+            for c, cell in cells.items():
+                if type(cell) is _CellFormula and cell.format is not None and type(cell.value) is float:
+                    rows.append(r)
+                    cols.append(c)
+                    texts.append(cell.formula)
+        out = {}
+        for si, (r0, c0, r1, c1) in enumerate(shared_rectangles(rows, cols, texts)):
+            out.update(((r, c), (si, None)) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1))
+            out[(r0, c0)] = (si, f"{_col_name(c0)}{r0 + 1}:{_col_name(c1)}{r1 + 1}")
+        return out
 
     def _template(self, k):
         tpl = self._templates.get(k)
@@ -232,10 +252,76 @@ class FastWorksheet(Worksheet):
             self.fh.write(f'<c r="{_col_name(col)}{row + 1}" s="{cell.format._get_xf_index()}">'
                           f"<v>{float(cell.number)!r}</v></c>")
         elif kind is _CellFormula and cell.format is not None and type(cell.value) is float:
+            shared = self._shared.get((row, col))
+            if shared is None:
+                f = f"<f>{_escape(cell.formula)}</f>"
+            elif shared[1] is None:
+                f = f'<f t="shared" si="{shared[0]}"/>'
+            else:
+                f = f'<f t="shared" ref="{shared[1]}" si="{shared[0]}">{_escape(cell.formula)}</f>'
             self.fh.write(f'<c r="{_col_name(col)}{row + 1}" s="{cell.format._get_xf_index()}">'
-                          f"<f>{_escape(cell.formula)}</f><v>{cell.value!r}</v></c>")
+                          f"{f}<v>{cell.value!r}</v></c>")
         else:
             super()._write_cell(row, col, cell)
+
+
+def shared_rectangles(rows, cols, texts):
+    """[(r0, c0, r1, c1)]: rectangles of two or more cells (0-based, inclusive) whose formulas
+    are each the top-left one's copied there as Excel copies a formula (relative references
+    moved, $-absolute ones fixed): what a shared formula writes once.  A convolution's map is
+    one rectangle; a stride-2 pooling map, whose windows move two cells a step, is none.
+
+    Found with the formula engine's grouping (same text up to the references' letters and
+    digits, the references' rows and columns as arrays): cells whose references all sit at
+    the same offsets from them (or at the same cell, where $-absolute) share a formula."""
+    if len(texts) < 2:
+        return []
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    found = []
+    for key, chunks in group_formulas(texts).items():
+        idx = np.concatenate([c[0] for c in chunks])
+        if len(idx) < 2:
+            continue
+        R = np.concatenate([c[1] for c in chunks]).astype(np.int64)
+        C = np.concatenate([c[2] for c in chunks]).astype(np.int64)
+        slots = [k for k in range(0, len(key) - 1, STRIDE) if key[k + 1] is None]
+        col_abs = np.array([key[k + 2] == "$" for k in slots], bool)
+        row_abs = np.array([key[k + 4] == "$" for k in slots], bool)
+        hr, hc = rows[idx][:, None], cols[idx][:, None]
+        offsets = np.concatenate([R - np.where(row_abs, 0, hr), C - np.where(col_abs, 0, hc)], 1)
+        _, which = row_ids(offsets) if offsets.shape[1] else (None, np.zeros(len(idx), np.int64))
+        order = np.argsort(which, kind="stable")
+        for part in np.split(order, np.flatnonzero(np.diff(which[order])) + 1):
+            if len(part) > 1:
+                found += _rectangles(rows[idx[part]], cols[idx[part]])
+    return sorted(found)
+
+
+def _rectangles(rows, cols):
+    """Cells (distinct) as rectangles of two or more: the whole box when they fill it, else runs
+    along rows stacked where equal runs meet row after row."""
+    r0, r1, c0, c1 = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+    if (r1 - r0 + 1) * (c1 - c0 + 1) == len(rows):
+        return [(r0, c0, r1, c1)]
+    order = np.lexsort((cols, rows))
+    rows, cols = rows[order].tolist(), cols[order].tolist()
+    runs = []  # (row, first col, last col)
+    for r, c in zip(rows, cols):
+        if runs and runs[-1][0] == r and runs[-1][2] == c - 1:
+            runs[-1][2] = c
+        else:
+            runs.append([r, c, c])
+    open_, out = {}, []  # (first col, last col) -> [first row, last row] of the rectangle growing down
+    for r, a, b in runs:
+        box = open_.get((a, b))
+        if box is not None and box[1] == r - 1:
+            box[1] = r
+        else:
+            if box is not None:
+                out.append((box[0], a, box[1], b))
+            open_[(a, b)] = [r, r]
+    out += [(box[0], a, box[1], b) for (a, b), box in open_.items()]
+    return [x for x in out if x[0] != x[2] or x[1] != x[3]]
 
 
 @contextmanager

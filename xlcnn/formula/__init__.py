@@ -3,6 +3,7 @@ with NumPy, independently of the code that wrote them (``xlcnn verify`` relies o
 
     book = read_workbook(path)              # WorkbookError (a ValueError) for non-zips, zip bombs
     book.sheets, book.formulas, book.cached, book.constants, book.value(s, r, c), book.sheet_array(s)
+    book.formula_cells(s), book.shared_formulas(s), book.formula_lengths(s)   # per sheet, in bulk
     result = evaluate(book, overrides={(sheet, row, col): np.array([...B values...])})
     result.value(sheet, row, col); result.block(sheet, r0, c0, r1, c1); result.seconds
     result.cells(sheet, rows, cols)         # many cells at once, NaN where no number

@@ -13,7 +13,7 @@ over 64 input channels has 256 references per cell).
 
 import numpy as np
 
-from .parser import SPLIT, STRIDE, split_formula
+from .parser import MAX_COLS, MAX_ROWS, SPLIT, STRIDE, col_index, split_formula
 
 _DELETE = bytes(range(48, 58)) + bytes(range(65, 91))  # digits and A-Z: what may vary in a ref
 _CHUNK_BYTES = 32 << 20                                # bound on one stacked matrix
@@ -27,6 +27,28 @@ def skeleton(text):
     if n:
         parts[3::STRIDE] = parts[5::STRIDE] = [None] * n
     return tuple(parts)
+
+
+def shifted_refs(text, drow, dcol):
+    """(rows, cols) int32 (n, k), 0-based, of the k references of ``text`` in n copies of it
+    moved by (drow[i], dcol[i]), as Excel copies a formula (the copies of a shared formula):
+    relative rows and columns move, $-absolute ones stay; in the order of the references in
+    :func:`group_formulas`, under the key ``skeleton(text)``.  None when a copy's reference
+    leaves the grid (Excel writes #REF! there)."""
+    parts = split_formula(text)
+    refs = [(parts[k + 2], col_index(parts[k + 3]), parts[k + 4], int(parts[k + 5]) - 1)
+            for k in range(0, len(parts) - 1, STRIDE) if parts[k + 1] is None]
+    drow = np.asarray(drow, np.int64)[:, None]
+    dcol = np.asarray(dcol, np.int64)[:, None]
+    if not refs:
+        z = np.zeros((len(drow), 0), np.int32)
+        return z, z
+    cdol, col, rdol, row = (np.array(x) for x in zip(*refs))
+    rows = row + np.where(rdol == "$", 0, drow)
+    cols = col + np.where(cdol == "$", 0, dcol)
+    if rows.min() < 0 or cols.min() < 0 or rows.max() >= MAX_ROWS or cols.max() >= MAX_COLS:
+        return None
+    return rows.astype(np.int32), cols.astype(np.int32)
 
 
 def _ref_spans(text, encoded):

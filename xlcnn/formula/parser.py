@@ -339,6 +339,8 @@ class _Parser:
 
     def reference(self, sheet):
         kind, value = self.take()
+        if kind == "err" and value == "#REF!":  # Sheet!#REF!: a reference moved off the grid
+            return Err(value)
         if kind != "ref":
             raise FormulaError(f"expected a cell reference after sheet {sheet!r}")
         first = Ref(sheet, value[0], value[1], value[2])

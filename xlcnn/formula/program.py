@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from .functions import check_ast
-from .grouping import group_formulas, row_ids
+from .grouping import group_formulas, row_ids, shifted_refs, skeleton
 from .parser import MAX_COLS, MAX_ROWS, FormulaError, Range, Ref, cell_name, parse, walk
 from .products import fuse
 from .reader import MAX_DENSE_CELLS
@@ -82,14 +82,13 @@ def _compile(book):
             raise FormulaError(f"sheet {sheets[s]!r} spans {nr}x{nc} cells, too many to evaluate")
     parsed = {}  # skeleton -> AST, shared across sheets (conv channels repeat one skeleton)
     classes = prog.classes
-    texts, host = [], []
+    host = []
     for s, sheet in enumerate(sheets):
-        frows, fcols, ftexts = book.formula_cells(sheet)
-        texts += ftexts
-        host.append(np.stack([np.full(len(ftexts), s), frows, fcols]).reshape(3, -1))
+        frows, fcols, _ = book.formula_cells(sheet)
+        host.append(np.stack([np.full(len(frows), s), frows, fcols]).reshape(3, -1))
     host = np.concatenate(host, axis=1).astype(np.int64) if host else np.zeros((3, 0), np.int64)
-    prog.n_formulas = len(texts)
-    grouped = group_formulas(texts)
+    prog.n_formulas = host.shape[1]
+    grouped = _grouped(book, host)
     while grouped:  # one skeleton at a time, its reference matrices freed once compiled
         key, chunks = grouped.popitem()
         cells = np.concatenate([np.asarray(c[0], np.int64) for c in chunks])
@@ -175,6 +174,42 @@ def _compile(book):
     _build_base(book, prog)
     order_steps(book, prog)
     return prog
+
+
+def _grouped(book, host):
+    """group_formulas over every formula of the book (indices into ``host``, workbook order),
+    with the copies of a shared formula put in its skeleton's set straight from the master's
+    references moved by each copy's offset, their texts never made (a copy whose reference
+    would leave the grid, #REF! in Excel, is grouped by its text)."""
+    texts, where, copies = [], [], []
+    at = 0
+    for sheet in book.sheets:
+        _, _, ftexts = book.formula_cells(sheet)
+        n = len(ftexts)
+        done = None
+        for start, stop, text, mrow, mcol in book.shared_formulas(sheet):
+            idx = np.arange(at + start, at + stop)
+            refs = shifted_refs(text, host[1, idx] - mrow, host[2, idx] - mcol)
+            if refs is None:
+                continue
+            copies.append((skeleton(text), idx, *refs))
+            if done is None:
+                done = np.zeros(n, bool)
+            done[start:stop] = True
+        if done is None:
+            texts += ftexts
+            where += range(at, at + n)
+        else:
+            for i in np.flatnonzero(~done).tolist():
+                texts.append(ftexts[i])
+                where.append(at + i)
+        at += n
+    where = np.asarray(where, np.int64)
+    grouped = {key: [(where[idx], R, C) for idx, R, C in chunks]
+               for key, chunks in group_formulas(texts).items()}
+    for key, idx, R, C in copies:
+        grouped.setdefault(key, []).append((idx, R, C))
+    return grouped
 
 
 def _columns(X):

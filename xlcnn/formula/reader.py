@@ -10,6 +10,7 @@ strings and other unusual cells get per-cell Python.  Anything the fast pattern 
 for (namespace prefixes, cells without an ``r`` attribute) falls back to ElementTree.
 """
 
+import bisect
 import html
 import io
 import itertools
@@ -21,10 +22,11 @@ from collections import deque
 from contextlib import closing
 from concurrent.futures import ThreadPoolExecutor
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .grouping import shifted_refs
 from .parser import (FormulaError, MAX_COLS, MAX_ROWS, cell_name, col_index, col_letters,
                      resolve_names, shifter)
 
@@ -84,8 +86,24 @@ class Book:
         return self._errors[self.sheet_name(sheet)]
 
     def formula_cells(self, sheet):
-        """(rows, cols, texts) lists of the formula cells of ``sheet``, texts without '='."""
+        """(rows, cols, texts) of the formula cells of ``sheet``: lists, texts without '=' (a
+        sequence that makes a shared formula's copy from its master's text when it is read)."""
         return self._fcells[self.sheet_name(sheet)]
+
+    def shared_formulas(self, sheet):
+        """[(start, stop, text, row, col)]: the formula cells [start, stop) of ``sheet`` (in
+        formula_cells order) are copies of the shared formula ``text`` written at (row, col),
+        its relative references moved by each copy's offset from there.  Empty when none."""
+        texts = self._fcells[self.sheet_name(sheet)][2]
+        return list(texts.groups) if isinstance(texts, _Texts) else []
+
+    def formula_lengths(self, sheet):
+        """int64 array: the length of each formula text of ``sheet`` (formula_cells order),
+        without making the texts of shared formulas' copies."""
+        texts = self._fcells[self.sheet_name(sheet)][2]
+        if isinstance(texts, _Texts):
+            return texts.lengths()
+        return np.fromiter(map(len, texts), np.int64, len(texts))
 
     def cached_values(self, sheet):
         """(values, others) of the formula cells of ``sheet`` in formula_cells order: float64
@@ -330,6 +348,7 @@ class _Cells:
 
     def __init__(self):
         self.formulas = []  # (rows, cols, texts, cached) of plain formula cells, per chunk
+        self.copies = []    # (rows, cols, si, cached) of shared formulas' copies (<f t="shared" si=".."/>)
         self.num = []     # list of (rows, cols, values) arrays, one per chunk
         self.special = []  # (row, col, t, f_element_str_or_None, v_str_or_None, rest_str)
 
@@ -452,27 +471,47 @@ def _numeric_cells(a):
 # A formula cell as XlsxWriter writes it: optional style, plain <f>, optional numeric <v>.
 _FCELL = re.compile(rb'<c r="([A-Z]{1,3})([0-9]{1,7})"(?: s="[0-9]+")?><f>([^<]*)</f>'
                     rb'(?:<v>([-+.0-9Ee]*)</v>)?</c>')
+# A copy of a shared formula as Excel and xlcnn write it: the master's index, no text.
+_SCELL = re.compile(rb'<c r="([A-Z]{1,3})([0-9]{1,7})"(?: s="[0-9]+")?><f t="shared" si="([0-9]{1,9})"/>'
+                    rb'(?:<v>([-+.0-9Ee]*)</v>)?</c>')
 
 
 def _formula_cells(chunk, cells):
-    """Take the plain formula cells out of ``chunk`` in bulk; returns the rest of the XML."""
-    if b"<f>" not in chunk:
-        return chunk
-    parts = _FCELL.split(chunk)
-    n = (len(parts) - 1) // 5
-    if n == 0:
-        return chunk
-    letters, digits, texts, vs = (parts[k::5] for k in range(1, 5))
+    """Take the plain formula cells and the shared formulas' copies out of ``chunk`` in bulk;
+    returns the rest of the XML."""
+    if b"<f>" in chunk:
+        parts = _FCELL.split(chunk)
+        n = (len(parts) - 1) // 5
+        if n:
+            rows, cols, cached = _positions_and_cached(parts[1::5], parts[2::5], parts[4::5])
+            texts = parts[3::5]
+            escaped = b"&" in chunk or b"_x" in chunk or not chunk.isascii()  # the chunk holds the texts
+            if escaped:
+                blob = b"".join(texts)
+                escaped = b"&" in blob or b"_x" in blob or not blob.isascii()
+            texts = [_text(t) for t in texts] if escaped else [t.decode() for t in texts]
+            cells.formulas.append((rows.tolist(), cols.tolist(), texts, cached))
+            chunk = b"".join(parts[0::5])
+    if b'<f t="shared" si="' in chunk:
+        parts = _SCELL.split(chunk)
+        n = (len(parts) - 1) // 5
+        if n:
+            rows, cols, cached = _positions_and_cached(parts[1::5], parts[2::5], parts[4::5])
+            si = np.fromstring(b" ".join(parts[3::5]), dtype=np.int64, sep=" ")
+            cells.copies.append((rows, cols, si, cached))
+            chunk = b"".join(parts[0::5])
+    return chunk
+
+
+def _positions_and_cached(letters, digits, vs):
+    """(rows, cols) int64 arrays, 0-based, and the cached values (a float64 array, or a list
+    when some is missing or not a plain number) of cells cut by _FCELL or _SCELL."""
+    n = len(letters)
     col_of = dict.fromkeys(letters)
     for x in col_of:
         col_of[x] = col_index(x.decode())
     cols = np.fromiter(map(col_of.__getitem__, letters), np.int64, n)
     rows = np.fromstring(b" ".join(digits), dtype=np.int64, sep=" ") - 1
-    escaped = b"&" in chunk or b"_x" in chunk or not chunk.isascii()  # the chunk holds the texts
-    if escaped:
-        blob = b"".join(texts)
-        escaped = b"&" in blob or b"_x" in blob or not blob.isascii()
-    texts = [_text(t) for t in texts] if escaped else [t.decode() for t in texts]
     if None in vs or b"" in vs:
         cached = [_value("n", v, b"", ()) for v in vs]
     else:
@@ -481,8 +520,7 @@ def _formula_cells(chunk, cells):
             cached = np.fromstring(b" ".join(vs), sep=" ")
         if len(cached) != n:
             cached = [_value("n", v, b"", ()) for v in vs]
-    cells.formulas.append((rows.tolist(), cols.tolist(), texts, cached))
-    return b"".join(parts[0::5])
+    return rows, cols, cached
 
 
 def _scan_fast(data, cells):
@@ -680,8 +718,8 @@ def _interpret(book, sheet, cells, strings):
     frows, fcols, ftexts = [], [], []
     values = []  # cached values: float64 arrays or lists, one per part, in formula order
     special_cached = {}      # (row, col) -> cached value of the cells written with an <f> element
-    masters = {}   # si -> (row, col, shifter of the master text)
-    children = []  # (row, col, si) of shared formulas to expand once all masters are known
+    masters = {}   # si -> index in ftexts of the shared formula's master (the cell with its text)
+    loose = []     # (row, col, si, cached) of shared formulas' copies the bulk pattern missed
     for row, col, t, f, v, rest in cells.special:
         value = _value(t, v, rest, strings)
         if f is None:
@@ -695,11 +733,13 @@ def _interpret(book, sheet, cells, strings):
         text = None if head.endswith("/") else _text(body[:-4].encode("utf-8"))
         special_cached[(row, col)] = value
         if attrs.get("t") == "shared" and "si" in attrs:
-            if text:
-                masters[attrs["si"]] = (row, col, shifter(text))
-            else:
-                children.append((row, col, attrs["si"]))
+            if not attrs["si"].isdigit():
+                raise FormulaError(f"shared formula index si={attrs['si']!r} is not a number",
+                                   cell_name(sheet, row, col))
+            if not text:
+                loose.append((row, col, int(attrs["si"]), value))
                 continue
+            masters[int(attrs["si"])] = len(ftexts)
         if not text:
             raise FormulaError("formula element without text", cell_name(sheet, row, col))
         frows.append(row)
@@ -711,21 +751,108 @@ def _interpret(book, sheet, cells, strings):
         fcols += cols
         ftexts += texts
         values.append(cached)
-    for row, col, si in children:
-        if si not in masters:
-            raise FormulaError(f"shared formula si={si} has no master", cell_name(sheet, row, col))
-        mrow, mcol, shift = masters[si]
-        frows.append(row)
-        fcols.append(col)
-        ftexts.append(shift(row - mrow, col - mcol))
-    values.append([special_cached[(row, col)] for row, col, _ in children])
     ftexts = _with_names(book, sheet, ftexts)
+    copies = cells.copies
+    if loose:
+        r, c, si, cached = zip(*loose)
+        copies = copies + [(np.array(r, np.int64), np.array(c, np.int64), np.array(si, np.int64), list(cached))]
+    if copies:
+        ftexts = _copies(sheet, copies, masters, frows, fcols, ftexts, values)
     book._fcells[sheet] = (frows, fcols, ftexts)
     book._fcached[sheet] = _cached_arrays(values)
     # Constants and formulas beyond Excel's grid mean a malformed file, not a big sheet.
     rows, cols, _ = book._num[sheet]
     if len(rows) and (rows.max() >= MAX_ROWS or cols.max() >= MAX_COLS or rows.min() < 0):
         raise WorkbookError(f"sheet {sheet!r} has a cell outside the {MAX_ROWS}x{MAX_COLS} grid")
+
+
+def _copies(sheet, copies, masters, frows, fcols, ftexts, values):
+    """Append the shared formulas' copies to the formula cells, grouped by master (frows, fcols
+    and values grow in place); returns the texts as a :class:`_Texts` that makes a copy's text
+    from its master's only when it is asked for."""
+    rows = np.concatenate([c[0] for c in copies])
+    cols = np.concatenate([c[1] for c in copies])
+    si = np.concatenate([c[2] for c in copies])
+    order = np.argsort(si, kind="stable")
+    if all(isinstance(c[3], np.ndarray) for c in copies):
+        cached = np.concatenate([c[3] for c in copies])[order]
+    else:
+        flat = [v for c in copies for v in (c[3].tolist() if isinstance(c[3], np.ndarray) else c[3])]
+        cached = [flat[i] for i in order.tolist()]
+    si, rows, cols = si[order], rows[order], cols[order]
+    cuts = np.flatnonzero(np.diff(si)) + 1
+    starts = np.concatenate([[0], cuts]).tolist()
+    stops = np.concatenate([cuts, [len(si)]]).tolist()
+    base = len(frows)
+    groups = []
+    for a, b in zip(starts, stops):
+        m = masters.get(int(si[a]))
+        if m is None:
+            raise FormulaError(f"shared formula si={int(si[a])} has no master",
+                               cell_name(sheet, int(rows[a]), int(cols[a])))
+        groups.append((base + a, base + b, ftexts[m], frows[m], fcols[m]))
+    frows += rows.tolist()
+    fcols += cols.tolist()
+    values.append(cached)
+    return _Texts(ftexts, groups, frows, fcols)
+
+
+class _Texts(Sequence):
+    """The formula texts of one sheet: those written out, then the copies of shared formulas,
+    each made from its master's text (shifted as Excel copies a formula) only when asked for.
+    ``groups``: (start, stop, master text, master row, master col) of each master's copies."""
+
+    def __init__(self, written, groups, rows, cols):
+        self.written, self.groups = written, groups
+        self._rows, self._cols = rows, cols
+        self._starts = [g[0] for g in groups]
+        self._shift = {}
+
+    def __len__(self):
+        return len(self._rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if i < len(self.written):
+            return self.written[i]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        g = bisect.bisect_right(self._starts, i) - 1
+        shift = self._shift.get(g)
+        if shift is None:
+            shift = self._shift[g] = shifter(self.groups[g][2])
+        _, _, _, mrow, mcol = self.groups[g]
+        return shift(self._rows[i] - mrow, self._cols[i] - mcol)
+
+    def lengths(self):
+        """int64 array of every text's length, the copies' worked out from their references
+        (what len() of each would give, without making the texts)."""
+        out = [np.fromiter(map(len, self.written), np.int64, len(self.written))]
+        for start, stop, text, mrow, mcol in self.groups:
+            dr = np.asarray(self._rows[start:stop], np.int64) - mrow
+            dc = np.asarray(self._cols[start:stop], np.int64) - mcol
+            refs = shifted_refs(text, dr, dc)
+            if refs is None:  # some copy has #REF!: made as text
+                out.append(np.array([len(self[i]) for i in range(start, stop)], np.int64))
+                continue
+            R, C = refs
+            R0, C0 = shifted_refs(text, [0], [0])
+            spelt = _spelt(R, C).sum(1) if R.shape[1] else np.zeros(stop - start, np.int64)
+            fixed = len(shifter(text)(0, 0)) - (_spelt(R0, C0).sum() if R0.shape[1] else 0)
+            out.append(spelt + fixed)
+        return np.concatenate(out)
+
+
+_TENS = 10 ** np.arange(1, 8)
+_LETTER_EDGES = np.array([26, 26 + 26 ** 2])
+
+
+def _spelt(R, C):
+    """Characters of each reference's row digits and column letters, 0-based R and C."""
+    return (np.searchsorted(_TENS, R + 1, side="right") + 1) + (np.searchsorted(_LETTER_EDGES, C, side="right") + 1)
 
 
 def _cached_arrays(parts):

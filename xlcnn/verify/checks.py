@@ -4,7 +4,9 @@ values against the formulas, and formulas where formulas belong (no constants on
 
 from __future__ import annotations
 
+import bisect
 import re
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -40,16 +42,38 @@ _BAD_SHEET = re.compile(r"[\\/?*\[\]:]")
 
 def formula_table(book):
     """(sheet index, rows, cols, texts) of every formula cell in workbook order, the order of
-    xlcnn.formula's formula_groups and of ``book.formulas``."""
+    xlcnn.formula's formula_groups and of ``book.formulas``; texts is a sequence over the
+    sheets' own (a shared formula's copy is made from its master's text when it is read)."""
     hosts, rows, cols, texts = [], [], [], []
     for s, sheet in enumerate(book.sheets):
         r, c, x = book.formula_cells(sheet)
         hosts.append(np.full(len(x), s, np.int64))
         rows += r
         cols += c
-        texts += x
+        texts.append(x)
     host = np.concatenate(hosts) if hosts else np.zeros(0, np.int64)
-    return host, np.asarray(rows, np.int64), np.asarray(cols, np.int64), texts
+    return host, np.asarray(rows, np.int64), np.asarray(cols, np.int64), _Chained(texts)
+
+
+class _Chained(Sequence):
+    """Sequences read as one, without copying them."""
+
+    def __init__(self, parts):
+        self._parts = parts
+        self._starts = np.cumsum([0] + [len(p) for p in parts]).tolist()
+
+    def __len__(self):
+        return self._starts[-1]
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = bisect.bisect_right(self._starts, i) - 1
+        return self._parts[k][i - self._starts[k]]
 
 
 _STRINGS = re.compile(r"'(?:[^']|'')*'|\"[^\"]*\"")
@@ -98,7 +122,7 @@ def lint(book, groups=None):
     host, rows, cols, texts = formula_table(book)
     if groups is None:  # no shapes known: every formula on its own
         groups = [np.array([i]) for i in range(len(texts))]
-    lengths = np.fromiter(map(len, texts), np.int64, len(texts)) + 1  # with the '='
+    lengths = np.concatenate([np.zeros(0, np.int64)] + [book.formula_lengths(s) for s in book.sheets]) + 1  # with '='
     found = []  # (cell index, order within the cell, message)
 
     def where(i):
