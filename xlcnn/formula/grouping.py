@@ -11,6 +11,8 @@ of NumPy operations, whatever the number of cells or of references per formula (
 over 64 input channels has 256 references per cell).
 """
 
+import functools
+
 import numpy as np
 
 from .parser import MAX_COLS, MAX_ROWS, SPLIT, STRIDE, col_index, split_formula
@@ -35,20 +37,59 @@ def shifted_refs(text, drow, dcol):
     relative rows and columns move, $-absolute ones stay; in the order of the references in
     :func:`group_formulas`, under the key ``skeleton(text)``.  None when a copy's reference
     leaves the grid (Excel writes #REF! there)."""
-    parts = split_formula(text)
-    refs = [(parts[k + 2], col_index(parts[k + 3]), parts[k + 4], int(parts[k + 5]) - 1)
-            for k in range(0, len(parts) - 1, STRIDE) if parts[k + 1] is None]
-    drow = np.asarray(drow, np.int64)[:, None]
-    dcol = np.asarray(dcol, np.int64)[:, None]
-    if not refs:
-        z = np.zeros((len(drow), 0), np.int32)
-        return z, z
-    cdol, col, rdol, row = (np.array(x) for x in zip(*refs))
-    rows = row + np.where(rdol == "$", 0, drow)
-    cols = col + np.where(cdol == "$", 0, dcol)
-    if rows.min() < 0 or cols.min() < 0 or rows.max() >= MAX_ROWS or cols.max() >= MAX_COLS:
+    row, col, row_moves, col_moves, _ = master_refs(text)
+    drow = np.asarray(drow, np.int64)
+    dcol = np.asarray(dcol, np.int64)
+    if not copies_on_grid(text, drow, dcol):
         return None
-    return rows.astype(np.int32), cols.astype(np.int32)
+    rows = np.repeat(row[None].astype(np.int32), len(drow), axis=0)
+    cols = np.repeat(col[None].astype(np.int32), len(dcol), axis=0)
+    rows[:, row_moves] += drow.astype(np.int32)[:, None]
+    cols[:, col_moves] += dcol.astype(np.int32)[:, None]
+    return rows, cols
+
+
+def copies_on_grid(text, drow, dcol):
+    """Whether every reference of ``text`` stays on the grid in copies moved by drow, dcol."""
+    row, col, row_moves, col_moves, _ = master_refs(text)
+    return _on_grid(row[row_moves], drow, MAX_ROWS) and _on_grid(col[col_moves], dcol, MAX_COLS)
+
+
+def _on_grid(at, moves, limit):
+    return not len(at) or not len(moves) or (at.min() + moves.min() >= 0 and at.max() + moves.max() < limit)
+
+
+@functools.lru_cache(maxsize=4096)  # a workbook's masters, read by compile and lint
+def master_refs(text):
+    """(rows, cols, row moves, col moves, length) of the references of ``text``, in order:
+    0-based int64 rows and columns, whether each row and column is relative (moves in a copy),
+    and the length of ``text`` with every reference spelt as a copy spells it (parser.shifter:
+    no leading zeros)."""
+    parts = split_formula(text)
+    refs = [(parts[k + 2], col_index(parts[k + 3]), parts[k + 4], int(parts[k + 5]) - 1,
+             len(parts[k + 3]) + len(parts[k + 5]))
+            for k in range(0, len(parts) - 1, STRIDE) if parts[k + 1] is None]
+    if not refs:
+        z = np.zeros(0, np.int64)
+        return z, z, z.astype(bool), z.astype(bool), len(text)
+    cdol, col, rdol, row, spelt = zip(*refs)
+    row, col = np.array(row, np.int64), np.array(col, np.int64)
+    length = len(text) - sum(spelt) + int(ref_digits(row + 1).sum() + ref_letters(col).sum())
+    return row, col, np.array(rdol) != "$", np.array(cdol) != "$", length
+
+
+_TENS = 10 ** np.arange(1, 8)
+_LETTER_EDGES = np.array([26, 26 + 26 ** 2])
+
+
+def ref_digits(n):
+    """Digits of each positive integer of n (a reference's row, 1-based)."""
+    return np.searchsorted(_TENS, n, side="right") + 1
+
+
+def ref_letters(c):
+    """Letters of each 0-based column index of c."""
+    return np.searchsorted(_LETTER_EDGES, c, side="right") + 1
 
 
 def _ref_spans(text, encoded):

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .grouping import shifted_refs
+from .grouping import copies_on_grid, master_refs, ref_digits, ref_letters
 from .parser import (FormulaError, MAX_COLS, MAX_ROWS, cell_name, col_index, col_letters,
                      resolve_names, shifter)
 
@@ -446,16 +446,13 @@ def _numeric_cells(a):
         return None
     view = np.lib.stride_tricks.sliding_window_view(a, 8)
     L = view[cells + 6, :4].astype(np.int16)  # 1-3 capitals, then a digit
-    letters = np.logical_and.accumulate((L >= 65) & (L <= 90), axis=1).sum(1)
-    col = np.zeros(n, np.int64)
-    for k in range(3):
-        col = np.where(k < letters, col * 26 + (L[:, k] - 64), col)
+    going = np.logical_and.accumulate((L >= 65) & (L <= 90), axis=1)
+    letters = going.sum(1)
+    col = _places(L, going, 3, 26, 64)
     D = view[cells + 6 + letters].astype(np.int16)  # 1-7 digits, then the closing quote
     going = np.logical_and.accumulate((D >= 48) & (D <= 57), axis=1)
     digits = going.sum(1)
-    row = np.zeros(n, np.int64)
-    for k in range(7):
-        row = np.where(going[:, k], row * 10 + (D[:, k] - 48), row)
+    row = _places(D, going, 7, 10, 48)
     end = D[np.arange(n), np.minimum(digits, 7)]
     if not ((letters >= 1) & (letters <= 3) & (digits >= 1) & (digits <= 7) & (end == 34)).all():
         return None
@@ -466,6 +463,18 @@ def _numeric_cells(a):
             return None
         values = np.fromiter(map(float, vals), np.float64, n)
     return row - 1, col - 1, values
+
+
+def _places(X, going, width, base, zero):
+    """The numbers spelt in the rows of X (bytes as int16), in the first going.sum(1) <= width
+    columns (``going`` marks that prefix): digits (base 10, zero '0') or column letters (base 26,
+    zero '@').  Each row read as ``width`` places, the unused ones 0, then divided down: one
+    integer matrix-vector product instead of a pass per place."""
+    places = X[:, :width] - np.int16(zero)
+    places *= going[:, :width]
+    # float64 through BLAS: every value is an integer below 2^53, and the division is exact
+    powers = np.float64(base) ** np.arange(width, -1, -1)  # base^width ... base^0
+    return ((places.astype(np.float64) @ powers[1:]) / powers[going[:, :width].sum(1)]).astype(np.int64)
 
 
 # A formula cell as XlsxWriter writes it: optional style, plain <f>, optional numeric <v>.
@@ -829,30 +838,26 @@ class _Texts(Sequence):
 
     def lengths(self):
         """int64 array of every text's length, the copies' worked out from their references
-        (what len() of each would give, without making the texts)."""
+        (what len() of each would give, without making the texts): a copy differs from its
+        master only in how many digits and letters its moved references take."""
         out = [np.fromiter(map(len, self.written), np.int64, len(self.written))]
         for start, stop, text, mrow, mcol in self.groups:
             dr = np.asarray(self._rows[start:stop], np.int64) - mrow
             dc = np.asarray(self._cols[start:stop], np.int64) - mcol
-            refs = shifted_refs(text, dr, dc)
-            if refs is None:  # some copy has #REF!: made as text
-                out.append(np.array([len(self[i]) for i in range(start, stop)], np.int64))
+            if not copies_on_grid(text, dr, dc):
+                out.append(np.array([len(self[i]) for i in range(start, stop)], np.int64))  # #REF!
                 continue
-            R, C = refs
-            R0, C0 = shifted_refs(text, [0], [0])
-            spelt = _spelt(R, C).sum(1) if R.shape[1] else np.zeros(stop - start, np.int64)
-            fixed = len(shifter(text)(0, 0)) - (_spelt(R0, C0).sum() if R0.shape[1] else 0)
-            out.append(spelt + fixed)
+            row, col, row_moves, col_moves, length = master_refs(text)
+            rr, cc = row[row_moves] + 1, col[col_moves]
+            fixed = length - ref_digits(rr).sum() - ref_letters(cc).sum()
+            udr, ir = np.unique(dr, return_inverse=True)  # a few distinct offsets: a map's rows
+            udc, ic = np.unique(dc, return_inverse=True)
+            by_row = ref_digits(rr[None] + udr[:, None]).sum(1)
+            by_col = ref_letters(cc[None] + udc[:, None]).sum(1)
+            out.append(fixed + by_row[ir.ravel()] + by_col[ic.ravel()])
         return np.concatenate(out)
 
 
-_TENS = 10 ** np.arange(1, 8)
-_LETTER_EDGES = np.array([26, 26 + 26 ** 2])
-
-
-def _spelt(R, C):
-    """Characters of each reference's row digits and column letters, 0-based R and C."""
-    return (np.searchsorted(_TENS, R + 1, side="right") + 1) + (np.searchsorted(_LETTER_EDGES, C, side="right") + 1)
 
 
 def _cached_arrays(parts):

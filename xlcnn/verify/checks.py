@@ -112,7 +112,7 @@ def lint(book, groups=None):
 
     Formulas of one shape (``groups``: xlcnn.formula.formula_groups(book), index arrays into the
     workbook-order formulas) share their functions, argument counts and nesting; only length
-    varies.  So the text of each group's longest formula is read once for the group, the length
+    varies.  So the text of each group's first formula is read once for the group, the length
     of every formula is checked in one array, and problems come out in cell order: the same list
     as checking every formula one by one (the first cell naming a function reports it)."""
     problems = []
@@ -134,9 +134,8 @@ def lint(book, groups=None):
     for members in groups:
         if not len(members):
             continue
-        longest = int(members[int(np.argmax(lengths[members]))])
-        depth, args, options, functions = formula_problems(texts[longest])
-        first = int(members.min())
+        first = int(members.min())  # a text as written (a shared formula's master comes before its copies)
+        depth, args, options, functions = formula_problems(texts[first])
         if depth > EXCEL_MAX_NESTING:
             found += [(i, 1, f"{where(i)}: nesting {depth} levels deep (Excel's limit is 64)")
                       for i in members.tolist()]
