@@ -1337,3 +1337,55 @@ def test_grouping_splits_many_per_sheet_skeletons_like_the_tokenizer():
             texts += [f"'c{ch} x'!A{r}*2+B{r}", f"MAX('c{ch} x'!A{r},0)+C{r}", f"SUM('c{ch} x'!A{r},0)+C{r}",
                       f"'c{ch} x'!AB{r}*2+B{r + 10}", f"'C{ch}'!A{r}*2"]
     _groups_as_the_tokenizer_reads(texts)
+
+
+def _same_books(a, b):
+    assert a.sheets == b.sheets
+    for s in a.sheets:
+        for x, y in zip(a.numbers(s), b.numbers(s)):
+            np.testing.assert_array_equal(x, y)
+        assert a.other_constants(s) == b.other_constants(s)
+        ra, ca, ta = a.formula_cells(s)
+        rb, cb, tb = b.formula_cells(s)
+        assert (list(ra), list(ca), list(ta)) == (list(rb), list(cb), list(tb))
+        np.testing.assert_array_equal(a.cached_values(s)[0], b.cached_values(s)[0])
+
+
+def test_sheets_read_piece_by_piece_while_inflating_equal_sheets_read_whole(tmp_path, monkeypatch):
+    """Big sheets are parsed as the worker inflates them (pieces cut at rows): made small here,
+    every sheet of a real mixed workbook and a namespaced one (the per-cell fallback) read the
+    same; a corrupt member still fails with WorkbookError."""
+    from xlcnn.formula import reader
+    path = tmp_path / "w.xlsx"
+    wb = xlsxwriter.Workbook(str(path))
+    ws = wb.add_worksheet("w")
+    g = np.random.default_rng(5)
+    ws.write_string(0, 0, "title & more")
+    for r in range(2, 260):
+        ws.write_row(r, 1, g.normal(size=40).tolist())
+        ws.write_formula(r, 42, f"=SUM(B{r + 1}:AO{r + 1})", None, 0.5)
+    ws.write_string(200, 3, "a label in the body")
+    wb.close()
+    ns = ('<x:row r="2"><x:c r="A2"><x:v>4</x:v></x:c><x:c><x:v>6</x:v></x:c>'
+          '<x:c><x:f>A2+B2</x:f></x:c></x:row><x:row><x:c><x:v>1</x:v></x:c></x:row>') * 50
+    handmade(tmp_path / "n.xlsx", [("N", "n.xml", ns)],
+             sheet_xml=lambda d: f'<x:worksheet xmlns:x="{MAIN}"><x:sheetData>{d}</x:sheetData></x:worksheet>')
+    whole = [read_workbook(p) for p in (path, tmp_path / "n.xlsx")]
+    monkeypatch.setattr(reader, "_CHUNK", 3000)
+    monkeypatch.setattr(reader, "_PIECE", 1000)
+    monkeypatch.setattr(reader, "_STREAM_MIN", 1)
+    streamed_parts, inflate = [], reader._inflate_into
+    monkeypatch.setattr(reader, "_inflate_into", lambda zf, name, q: streamed_parts.append(name) or inflate(zf, name, q))
+    streamed = [read_workbook(p) for p in (path, tmp_path / "n.xlsx")]
+    for a, b in zip(whole, streamed):
+        _same_books(a, b)
+    assert len(whole[0].numbers("w")[0]) == 258 * 40 - 1 and whole[1].formulas[("N", 1, 2)] == "A2+B2"
+    assert streamed_parts == ["xl/worksheets/sheet1.xml", "xl/worksheets/n.xml"]
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("xl/worksheets/sheet1.xml")
+    at = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + info.compress_size // 2
+    raw[at:at + 64] = bytes(64)
+    (tmp_path / "bad.xlsx").write_bytes(bytes(raw))
+    with pytest.raises(WorkbookError, match="sheet1.xml is corrupt|inflates beyond"):
+        read_workbook(tmp_path / "bad.xlsx")

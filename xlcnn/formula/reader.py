@@ -15,12 +15,13 @@ import html
 import io
 import itertools
 import posixpath
+import queue
 import re
 import zipfile
 import zlib
 from collections import deque
 from contextlib import closing
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 
@@ -532,14 +533,12 @@ def _positions_and_cached(letters, digits, vs):
     return rows, cols, cached
 
 
-def _scan_fast(data, cells):
-    """Cut ``data`` with _CELL; False if some <c> element escaped the pattern."""
-    start = 0
-    while start < len(data):
-        end = data.find(b"</row>", start + _CHUNK)
-        end = len(data) if end < 0 else end + 6
-        chunk = data[start:end]
-        start = end
+def _scan_fast(chunks, cells):
+    """Read the sheet's chunks (whole rows) the bulk ways; False if it has no <sheetData> in
+    the plain namespace or some <c> element escaped the patterns."""
+    for k, chunk in enumerate(chunks):
+        if k == 0 and b"<sheetData" not in chunk:
+            return False
         block = _numeric_block(chunk)
         if block is not None:
             cells.num.append(block)
@@ -551,6 +550,24 @@ def _scan_fast(data, cells):
             elif not _scan_regex(part, cells):
                 return False
     return True
+
+
+def _row_chunks(pieces):
+    """The bytes of ``pieces`` (a sheet's XML as it is inflated) cut at </row> about every
+    _CHUNK bytes; the first chunk holds at least the first _CHUNK bytes (the sheet's head)."""
+    buf = b""
+    for piece in pieces:
+        buf = buf + piece if buf else piece
+        start = 0
+        while True:
+            end = buf.find(b"</row>", start + _CHUNK)
+            if end < 0:
+                break
+            yield buf[start:end + 6]
+            start = end + 6
+        buf = buf[start:] if start else buf
+    if buf:
+        yield buf
 
 
 _TYPED = re.compile(rb' t="|<f\b|<is\b')  # cells the number-block path does not read
@@ -681,10 +698,14 @@ def _number_cells(data):
 
 
 def _parse_sheet(data):
+    """The cells of one sheet's XML: bytes, or an iterator of its pieces as they are inflated
+    (a big sheet is read while the rest of it is still being inflated)."""
+    seen = []
+    pieces = iter([data]) if isinstance(data, bytes) else data
     cells = _Cells()
-    if b"<sheetData" not in data or not _scan_fast(data, cells):
+    if not _scan_fast(_row_chunks(seen.append(p) or p for p in pieces), cells):
         cells = _Cells()
-        _scan_slow(data, cells)
+        _scan_slow(b"".join(seen + list(pieces)), cells)
     return cells
 
 
@@ -998,12 +1019,50 @@ def read_workbook(path, *, max_total_size=DEFAULT_MAX_TOTAL, max_ratio=DEFAULT_M
 
 def _members_ahead(zf, parts, ahead=2):
     """The members ``parts`` of ``zf`` in order, each inflated by a worker thread while the one
-    before is parsed (zlib lets go of the GIL), at most ``ahead`` of them waiting in memory.
-    Only the worker reads the zip meanwhile."""
+    before is parsed (zlib lets go of the GIL), at most ``ahead`` of them waiting in memory: as
+    bytes, or, for a member of _STREAM_MIN bytes or more (a weight sheet), as an iterator of its
+    pieces, each given as soon as it is inflated.  Only the worker reads the zip meanwhile."""
     with ThreadPoolExecutor(max_workers=1) as pool:
-        waiting = deque(pool.submit(_read_member, zf, p) for p in parts[:ahead])
+        def submit(part):
+            if zf.getinfo(part).file_size < _STREAM_MIN:
+                return pool.submit(_read_member, zf, part)
+            q = queue.SimpleQueue()
+            pool.submit(_inflate_into, zf, part, q)
+            return q
+
+        waiting = deque(submit(p) for p in parts[:ahead])
         for i in range(len(parts)):
-            data = waiting.popleft().result()
+            got = waiting.popleft()
             if i + ahead < len(parts):
-                waiting.append(pool.submit(_read_member, zf, parts[i + ahead]))
-            yield data
+                waiting.append(submit(parts[i + ahead]))
+            yield got.result() if isinstance(got, Future) else _drained(got)
+
+
+_STREAM_MIN = 3 * _CHUNK
+_PIECE = _CHUNK
+
+
+def _inflate_into(zf, name, q):
+    """Put member ``name`` into the queue ``q`` piece by piece as it inflates, then None (or
+    the error that stopped it)."""
+    info = zf.getinfo(name)
+    try:
+        total = 0
+        with zf.open(info) as f:
+            while piece := f.read(_PIECE):
+                total += len(piece)
+                if total > info.file_size:
+                    raise WorkbookError(f"member {name} inflates beyond its declared size")
+                q.put(piece)
+        q.put(None)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        q.put(WorkbookError(f"member {name} is corrupt ({e})"))
+    except BaseException as e:  # noqa: BLE001 - handed to the reading thread, which raises it
+        q.put(e)
+
+
+def _drained(q):
+    while (piece := q.get()) is not None:
+        if isinstance(piece, BaseException):
+            raise piece
+        yield piece
