@@ -67,7 +67,7 @@ def child(kind, args):
         from xlcnn.build import build
         marks = {}
 
-        def progress(msg):       # the estimate is made once the model is loaded and checked
+        def progress(msg, *_count):  # the estimate is made once the model is loaded and checked
             if msg.startswith("estimate"):
                 marks["loaded"] = time.perf_counter()
         r = build(args[0], args[1], args[2], force=True, progress=progress)

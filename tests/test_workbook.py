@@ -209,8 +209,10 @@ def test_shared_rectangles_find_copies_as_excel_copies_formulas():
     cells[(5, 7)] = "x!H2*2"       # the next row, one cell: a copy of (4, 7), alone in its row
     cells[(9, 1)], cells[(9, 2)] = "B10*$A$1", "C10*$A$2"  # the absolute one differs: no copy
     rows, cols, texts = zip(*[(r, c, t) for (r, c), t in cells.items()])
-    got = shared_rectangles(list(rows), list(cols), list(texts))
-    assert got == [(4, 1, 7, 3), (4, 7, 4, 8)]
+    got = [box for _, *box in shared_rectangles(list(rows), list(cols), list(texts))]
+    assert got == [[4, 1, 7, 3], [4, 7, 4, 8]]
+    on_two = shared_rectangles(list(rows) * 2, list(cols) * 2, list(texts) * 2, [0] * len(rows) + [1] * len(rows))
+    assert on_two == [(0, 4, 1, 7, 3), (0, 4, 7, 4, 8), (1, 4, 1, 7, 3), (1, 4, 7, 4, 8)]  # per sheet
     covered = {(r, c) for r0, c0, r1, c1 in got for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)}
     assert covered <= set(cells) and (4, 10) not in covered and (9, 1) not in covered
     assert shared_rectangles([0], [0], ["A1"]) == []
@@ -228,7 +230,7 @@ def test_shared_formulas_in_a_built_workbook_mean_the_formulas_written_one_by_on
     root = Path(__file__).resolve().parent.parent
     args = (root / "samples" / "lenet.keras", root / "samples" / "digits" / "digit_3.png")
     build(*args, tmp_path / "shared.xlsx")
-    monkeypatch.setattr(workbook, "shared_rectangles", lambda rows, cols, texts: [])
+    monkeypatch.setattr(workbook, "shared_rectangles", lambda rows, cols, texts, hosts: [])
     build(*args, tmp_path / "plain.xlsx")
     a, b = read_workbook(tmp_path / "shared.xlsx"), read_workbook(tmp_path / "plain.xlsx")
     assert dict(a.formulas.items()) == dict(b.formulas.items())

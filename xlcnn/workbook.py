@@ -170,7 +170,6 @@ class FastWorksheet(Worksheet):
     def _write_rows(self):
         """XlsxWriter's row writer, visiting only the rows and cells that exist."""
         self._calculate_spans()
-        self._shared = self._shared_formulas()
         table, block_rows, row_info, comments = self.table, self._block_rows, self.row_info, self.comments
         rmin, rmax = self.dim_rowmin, self.dim_rowmax
         rows = sorted(r for r in {*table, *block_rows, *row_info, *comments} if rmin <= r <= rmax)
@@ -192,9 +191,8 @@ class FastWorksheet(Worksheet):
             elif r in comments or r in row_info:
                 self._write_empty_row(r, span, row_info.get(r))
 
-    def _shared_formulas(self):
-        """{(row, col): (si, ref or None)}: the formula cells written as shared formulas, the
-        top-left cell of each rectangle (ref) holding the text and the others only its index."""
+    def _formula_cells(self):
+        """(rows, cols, texts) of the formula cells the fast writer writes (cached value a float)."""
         rows, cols, texts = [], [], []
         for r, cells in self.table.items():
             for c, cell in cells.items():
@@ -202,11 +200,7 @@ class FastWorksheet(Worksheet):
                     rows.append(r)
                     cols.append(c)
                     texts.append(cell.formula)
-        out = {}
-        for si, (r0, c0, r1, c1) in enumerate(shared_rectangles(rows, cols, texts)):
-            out.update(((r, c), (si, None)) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1))
-            out[(r0, c0)] = (si, f"{_col_name(c0)}{r0 + 1}:{_col_name(c1)}{r1 + 1}")
-        return out
+        return rows, cols, texts
 
     def _template(self, k):
         tpl = self._templates.get(k)
@@ -265,11 +259,34 @@ class FastWorksheet(Worksheet):
             super()._write_cell(row, col, cell)
 
 
-def shared_rectangles(rows, cols, texts):
-    """[(r0, c0, r1, c1)]: rectangles of two or more cells (0-based, inclusive) whose formulas
-    are each the top-left one's copied there as Excel copies a formula (relative references
-    moved, $-absolute ones fixed): what a shared formula writes once.  A convolution's map is
-    one rectangle; a stride-2 pooling map, whose windows move two cells a step, is none.
+def _share_formulas(sheets):
+    """Set each FastWorksheet's ``_shared``, {(row, col): (si, ref or None)}: the formula cells
+    it writes as shared formulas, the top-left cell of each rectangle (ref) holding the text
+    and the others only its index.  One grouping over the whole book: a formula repeated on
+    every channel's sheet is one set, not one per sheet."""
+    rows, cols, texts, hosts = [], [], [], []
+    for k, ws in enumerate(sheets):
+        r, c, t = ws._formula_cells()
+        rows += r
+        cols += c
+        texts += t
+        hosts += [k] * len(t)
+    for ws in sheets:
+        ws._shared = {}
+    si = {}
+    for k, r0, c0, r1, c1 in shared_rectangles(rows, cols, texts, hosts):
+        out, n = sheets[k]._shared, si.get(k, 0)
+        si[k] = n + 1
+        out.update(((r, c), (n, None)) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1))
+        out[(r0, c0)] = (n, f"{_col_name(c0)}{r0 + 1}:{_col_name(c1)}{r1 + 1}")
+
+
+def shared_rectangles(rows, cols, texts, hosts=None):
+    """[(host, r0, c0, r1, c1)]: rectangles of two or more cells (0-based, inclusive) on one
+    host sheet (``hosts``, an id per cell; one sheet when None) whose formulas are each the
+    top-left one's copied there as Excel copies a formula (relative references moved,
+    $-absolute ones fixed): what a shared formula writes once.  A convolution's map is one
+    rectangle; a stride-2 pooling map, whose windows move two cells a step, is none.
 
     Found with the formula engine's grouping (same text up to the references' letters and
     digits, the references' rows and columns as arrays): cells whose references all sit at
@@ -277,6 +294,7 @@ def shared_rectangles(rows, cols, texts):
     if len(texts) < 2:
         return []
     rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    hosts = np.zeros(len(rows), np.int64) if hosts is None else np.asarray(hosts, np.int64)
     found = []
     for key, chunks in group_formulas(texts).items():
         idx = np.concatenate([c[0] for c in chunks])
@@ -288,12 +306,14 @@ def shared_rectangles(rows, cols, texts):
         col_abs = np.array([key[k + 2] == "$" for k in slots], bool)
         row_abs = np.array([key[k + 4] == "$" for k in slots], bool)
         hr, hc = rows[idx][:, None], cols[idx][:, None]
-        offsets = np.concatenate([R - np.where(row_abs, 0, hr), C - np.where(col_abs, 0, hc)], 1)
-        _, which = row_ids(offsets) if offsets.shape[1] else (None, np.zeros(len(idx), np.int64))
+        offsets = np.concatenate([hosts[idx][:, None], R - np.where(row_abs, 0, hr),
+                                  C - np.where(col_abs, 0, hc)], 1)
+        _, which = row_ids(offsets)
         order = np.argsort(which, kind="stable")
         for part in np.split(order, np.flatnonzero(np.diff(which[order])) + 1):
             if len(part) > 1:
-                found += _rectangles(rows[idx[part]], cols[idx[part]])
+                host = int(hosts[idx[part[0]]])
+                found += [(host, *box) for box in _rectangles(rows[idx[part]], cols[idx[part]])]
     return sorted(found)
 
 
@@ -471,6 +491,7 @@ class Book:
         return sheet
 
     def close(self):
+        _share_formulas([ws for ws in self.wb.worksheets() if isinstance(ws, FastWorksheet)])
         with _zip_level(ZIP_LEVEL):
             self.wb.close()
 
