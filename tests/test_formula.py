@@ -1389,3 +1389,9 @@ def test_sheets_read_piece_by_piece_while_inflating_equal_sheets_read_whole(tmp_
     (tmp_path / "bad.xlsx").write_bytes(bytes(raw))
     with pytest.raises(WorkbookError, match="sheet1.xml is corrupt|inflates beyond"):
         read_workbook(tmp_path / "bad.xlsx")
+
+
+def test_a_number_cell_that_is_not_a_number_names_its_sheet(tmp_path):
+    body = '<row r="1"><c r="A1"><v>1.5</v></c><c r="B1" s="3"><v>abc</v></c></row>'
+    with pytest.raises(WorkbookError, match=r"sheet 'S': a cell's value does not read as its type says \(could not convert"):
+        read_workbook(handmade(tmp_path / "v.xlsx", [("S", "s.xml", body)]))

@@ -1013,7 +1013,13 @@ def read_workbook(path, *, max_total_size=DEFAULT_MAX_TOTAL, max_ratio=DEFAULT_M
         book.defined_names = _defined_names(root, order)
         with closing(_members_ahead(zf, [p for _, p in kept])) as members:  # worker done before zf closes
             for (name, _), data in zip(kept, members):
-                _interpret(book, name, _parse_sheet(data), strings)
+                try:
+                    _interpret(book, name, _parse_sheet(data), strings)
+                except WorkbookError:
+                    raise
+                except ValueError as e:  # a cell's text that is not what its type says (float() of 'abc')
+                    raise WorkbookError(f"sheet {name!r}: a cell's value does not read as its type says "
+                                        f"({e})") from None
     return book
 
 
