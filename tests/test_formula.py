@@ -676,6 +676,10 @@ def test_shared_formulas_copies_compile_from_the_master_and_equal_their_texts(tm
     np.testing.assert_array_equal(shared.formula_lengths("S"), [len(t) for t in texts])
     assert [g[2:] for g in shared.shared_formulas("S")] == [(conv(1, 1), 1, 1), ("inp!A1*3", 1, 6)]
     assert texts[-1] == texts[len(texts) - 1] and texts[1:3] == [texts[1], texts[2]]
+    with pytest.raises(IndexError):
+        texts[-len(texts) - 1]
+    with pytest.raises(IndexError):
+        texts[len(texts)]
     with pytest.raises(FormulaError, match=r"S!G1: reference outside the sheet grid \(#REF!\)"):
         evaluate(shared)  # as for the same text written out: a broken reference is refused
     from xlcnn.formula import compile_book

@@ -846,10 +846,10 @@ class _Texts(Sequence):
             return [self[k] for k in range(*i.indices(len(self)))]
         if i < 0:
             i += len(self)
-        if i < len(self.written):
-            return self.written[i]
         if not 0 <= i < len(self):
             raise IndexError(i)
+        if i < len(self.written):
+            return self.written[i]
         g = bisect.bisect_right(self._starts, i) - 1
         shift = self._shift.get(g)
         if shift is None:
