@@ -629,7 +629,7 @@ def groups_of(book):
     import numpy as np
     from xlcnn.formula.grouping import group_formulas
     from xlcnn.verify.checks import formula_table
-    return [np.concatenate([c[0] for c in chunks]) for chunks in group_formulas(formula_table(book)[3]).values()]
+    return [np.concatenate([c[0] for c in chunks]) for chunks in group_formulas([t for texts in formula_table(book)[3] for t in texts]).values()]
 
 
 def test_lint_by_group_equals_one_by_one_on_hand_written_formulas(tmp_path):

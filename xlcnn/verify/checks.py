@@ -4,9 +4,7 @@ values against the formulas, and formulas where formulas belong (no constants on
 
 from __future__ import annotations
 
-import bisect
 import re
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -41,9 +39,11 @@ _BAD_SHEET = re.compile(r"[\\/?*\[\]:]")
 
 
 def formula_table(book):
-    """(sheet index, rows, cols, texts) of every formula cell in workbook order, the order of
-    xlcnn.formula's formula_groups and of ``book.formulas``; texts is a sequence over the
-    sheets' own (a shared formula's copy is made from its master's text when it is read)."""
+    """(sheet index, rows, cols, sheet texts) of every formula cell in workbook order, the order
+    of xlcnn.formula's formula_groups and of ``book.formulas``; sheet texts holds each sheet's
+    texts as ``book.formula_cells`` gives them (a shared formula's copy is made from its
+    master's text only when it is read), so formula i of sheet s is sheet_texts[s][i - the
+    number of formulas on the sheets before s]."""
     hosts, rows, cols, texts = [], [], [], []
     for s, sheet in enumerate(book.sheets):
         r, c, x = book.formula_cells(sheet)
@@ -52,28 +52,7 @@ def formula_table(book):
         cols += c
         texts.append(x)
     host = np.concatenate(hosts) if hosts else np.zeros(0, np.int64)
-    return host, np.asarray(rows, np.int64), np.asarray(cols, np.int64), _Chained(texts)
-
-
-class _Chained(Sequence):
-    """Sequences read as one, without copying them."""
-
-    def __init__(self, parts):
-        self._parts = parts
-        self._starts = np.cumsum([0] + [len(p) for p in parts]).tolist()
-
-    def __len__(self):
-        return self._starts[-1]
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        k = bisect.bisect_right(self._starts, i) - 1
-        return self._parts[k][i - self._starts[k]]
+    return host, np.asarray(rows, np.int64), np.asarray(cols, np.int64), texts
 
 
 _STRINGS = re.compile(r"'(?:[^']|'')*'|\"[^\"]*\"")
@@ -119,9 +98,10 @@ def lint(book, groups=None):
     for name in book.sheets:
         if not 1 <= len(name) <= 31 or _BAD_SHEET.search(name) or name.startswith("'") or name.endswith("'"):
             problems.append(f"sheet name {name!r} is not valid in Excel (1-31 characters, none of \\ / ? * [ ] :)")
-    host, rows, cols, texts = formula_table(book)
+    host, rows, cols, sheet_texts = formula_table(book)
+    sheet_start = np.cumsum([0] + [len(t) for t in sheet_texts])
     if groups is None:  # no shapes known: every formula on its own
-        groups = [np.array([i]) for i in range(len(texts))]
+        groups = [np.array([i]) for i in range(len(host))]
     lengths = np.concatenate([np.zeros(0, np.int64)] + [book.formula_lengths(s) for s in book.sheets]) + 1  # with '='
     found = []  # (cell index, order within the cell, message)
 
@@ -135,7 +115,8 @@ def lint(book, groups=None):
         if not len(members):
             continue
         first = int(members.min())  # a text as written (a shared formula's master comes before its copies)
-        depth, args, options, functions = formula_problems(texts[first])
+        k = int(host[first])
+        depth, args, options, functions = formula_problems(sheet_texts[k][first - int(sheet_start[k])])
         if depth > EXCEL_MAX_NESTING:
             found += [(i, 1, f"{where(i)}: nesting {depth} levels deep (Excel's limit is 64)")
                       for i in members.tolist()]
