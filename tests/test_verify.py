@@ -694,3 +694,109 @@ def test_lint_and_cached_check_vectorised_equal_one_by_one_on_real_workbooks(boo
         rows, cols, _ = book.formula_cells(book.sheets[-1])
         np.testing.assert_array_equal(result.cells(book.sheets[-1], rows, cols),
                                       [result.value(book.sheets[-1], r, c) for r, c in zip(rows, cols)])
+
+
+# --------------------------------------------------------------------------- Keras in a helper process
+
+FRESH_RUN = """
+import json, sys
+from xlcnn.cli import main
+code = main(sys.argv[1:])
+print("RESULT " + json.dumps({"code": code, "tensorflow": "tensorflow" in sys.modules}))
+"""
+
+
+def fresh_verify(helper, *args):
+    """`xlcnn verify ARGS` in a fresh interpreter, the Keras helper on or off: (exit code,
+    TensorFlow imported by the verify process itself, stdout, stderr)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, XLCNN_KERAS_HELPER="1" if helper else "0")
+    proc = subprocess.run([sys.executable, "-c", FRESH_RUN, "verify", *map(str, args)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line, proc.stdout + proc.stderr
+    result = json.loads(line[7:])
+    return result["code"], result["tensorflow"], proc.stdout, proc.stderr
+
+
+needs_two_cores = pytest.mark.skipif(
+    __import__("xlcnn.verify.reference", fromlist=["usable_cores"]).usable_cores() < 2,
+    reason="the Keras helper process runs only where there is a second core")
+
+
+@needs_two_cores
+def test_keras_in_a_helper_process_gives_the_same_report(books, tmp_path):
+    reports = {}
+    for helper in (True, False):
+        out = tmp_path / f"helper-{helper}.json"
+        code, imported, stdout, _ = fresh_verify(helper, books["lenet.keras"], "--json", out)
+        assert code == 0, stdout
+        assert imported is (not helper)  # with the helper, this process never imports TensorFlow
+        reports[helper] = json.loads(out.read_text())
+    stages = {h: r["stages"] for h, r in reports.items()}
+    assert len(stages[True]) == 9 and all(s["passed"] for s in stages[True])
+    assert stages[True] == stages[False]  # the same errors, worst cells and values, bit for bit
+    assert reports[True]["predicted_keras"] == reports[False]["predicted_keras"] == 7
+
+
+@needs_two_cores
+@pytest.mark.parametrize("case", ["other-model", "damaged-model"])
+def test_errors_in_the_keras_helper_read_as_without_it(books, tmp_path, case):
+    if case == "other-model":
+        model, needle = books["padding_cf.h5"].with_suffix(""), "has no rows for layer(s)"
+    else:
+        model, needle = tmp_path / "cut.keras", "was it truncated?"
+        model.write_bytes((books["lenet.keras"].parent / "lenet.keras").read_bytes()[:300])
+    seen = set()
+    for helper in (True, False):
+        code, _, stdout, stderr = fresh_verify(helper, books["lenet.keras"], "--model", model)
+        lines = stderr.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and needle in lines[0], stdout + stderr
+        seen.add(lines[0])
+    assert len(seen) == 1  # word for word the same line
+
+
+HELPER_GONE = """
+import json, os, signal, sys, time
+import numpy as np
+from xlcnn.verify.reference import Reference
+model, layers, when = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+x = np.random.default_rng(0).random((28, 28, 1))
+ref = Reference(helper=True)
+assert ref.in_helper
+pid = ref._process.pid
+if when == "before-load":
+    os.kill(pid, signal.SIGKILL); time.sleep(0.5)
+ref.load(model, None, layers, "book.xlsx")
+if when == "before-outputs":
+    os.kill(pid, signal.SIGKILL); time.sleep(0.5)
+got = ref.outputs(x)
+fell_back = not ref.in_helper
+ref.close()
+here = Reference(helper=False)
+here.load(model, None, layers, "book.xlsx")
+want = here.outputs(x)
+t = time.perf_counter()
+busy = Reference(helper=True)  # still importing TensorFlow when it is closed
+busy.close()
+print("RESULT " + json.dumps({"names": list(got) == list(want), "same": all(np.array_equal(got[k], want[k]) for k in want),
+                              "fell_back": fell_back, "close_s": time.perf_counter() - t, "layers": len(want)}))
+"""
+
+
+@needs_two_cores
+@pytest.mark.parametrize("when", ["never", "before-load", "before-outputs"])
+def test_a_helper_that_dies_leaves_the_work_to_this_process(books, when):
+    import subprocess
+    import sys
+    layers = ["input_layer", "conv1", "pool1", "conv2", "pool2", "flatten", "fc1", "dropout", "predictions"]
+    proc = subprocess.run([sys.executable, "-c", HELPER_GONE, str(books["lenet.keras"].parent / "lenet.keras"),
+                           json.dumps(layers), when], capture_output=True, text=True, timeout=600)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line, proc.stdout + proc.stderr
+    result = json.loads(line[7:])
+    assert result["names"] and result["same"] and result["layers"] == 8
+    assert result["fell_back"] is (when != "never")  # the helper answered, or this process did
+    assert result["close_s"] < 5  # closing does not wait for TensorFlow's import to finish

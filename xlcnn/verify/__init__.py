@@ -28,6 +28,7 @@ from .checks import (CACHED_RTOL, EXCEL_MAX_ARGS, EXCEL_MAX_FORMULA, EXCEL_MAX_N
                      missing_formulas, stage_cells, trace_checks)
 from .compare import DEFAULT_ATOL, DEFAULT_RTOL, IMAGE_SUFFIXES, StageResult, compare_batch, compare_stage, locate
 from .engines import input_overrides, libreoffice_values, prepare_like
+from .reference import Reference, helper_helps
 from .reading import constant_block, open_workbook, read_contract, resolve_model, sheet_rows
 from .report import (CHECK_CACHED, CHECK_CLASS, CHECK_CONSTANTS, CHECK_IMAGES, CHECK_LINT, CHECK_TOP1, CHECK_TRACE,
                      Check, Report,
@@ -51,7 +52,6 @@ def verify(workbook, model=None, image=None, atol=None, rtol=None, engine="numpy
     where formulas belong, Excel's limits) and compare every stage with the Keras model it was
     built from.  ``keras=False`` makes no comparison and never imports TensorFlow: the report
     says so (Report.keras_compared False) and passes on the workbook checks alone."""
-    from ..formula import FormulaError, evaluate, formula_groups
     say = progress or (lambda _m: None)
     atol = DEFAULT_ATOL if atol is None else atol
     rtol = DEFAULT_RTOL if rtol is None else rtol
@@ -61,32 +61,37 @@ def verify(workbook, model=None, image=None, atol=None, rtol=None, engine="numpy
             if value:
                 raise XlcnnError(f"{option} needs Keras; it cannot be combined with --no-keras")
     path = Path(workbook)
+    # Keras's side starts first: in a helper process it imports TensorFlow while this one reads
+    # and evaluates the workbook (reference.py says when and why)
+    reference = Reference(helper=keras and not image and not images_dir and helper_helps())
+    try:
+        return _verify(path, reference, model, image, atol, rtol, engine, images_dir, say, weights, keras)
+    finally:
+        reference.close()
+
+
+def _verify(path, reference, model, image, atol, rtol, engine, images_dir, say, weights, keras):
+    from ..formula import FormulaError, evaluate, formula_groups
     say("reading the workbook")
     book = open_workbook(path)
     entries, about = read_contract(book, path)
     input_layer = mf.layers(entries)[0]
     if keras:
-        from ..model import load
         model_path, weights_path, notes = resolve_model(path, about, model, weights)
     else:
         model_path, notes = about.get("model_path") or "(not loaded: --no-keras)", []
     report = Report(str(path), str(model_path), engine, atol=atol, rtol=rtol, notes=notes,
                     formulas=len(book.formulas), keras_compared=keras)
     if keras:
-        say("loading the model")
-        loaded = load(model_path, weights_path)
-        layer_names = [l.name for l in loaded.layers]
-        missing = [n for n in layer_names if n not in mf.layers(entries)]
-        if missing:
-            raise XlcnnError(f"the manifest of {path} has no rows for layer(s) {', '.join(missing)} of "
-                             f"{model_path}; is this the model the workbook was built from? (pass --model)")
+        say("loading the model" + (" (in a helper process, alongside)" if reference.in_helper else ""))
+        reference.load(model_path, weights_path, mf.layers(entries), path)
 
     # input: the workbook's own input cells, or an image prepared the way the workbook records
     overrides = None
     if keras:
         x = mf.assemble(entries, input_layer, lambda *cells: constant_block(book, *cells))
     if image:
-        x = prepare_like(image, loaded, about)
+        x = prepare_like(image, reference.loaded, about)
         overrides = input_overrides(entries, input_layer, x[None])
         overrides = {k: float(v[0]) for k, v in overrides.items()}
 
@@ -123,17 +128,18 @@ def verify(workbook, model=None, image=None, atol=None, rtol=None, engine="numpy
 
     if keras:
         say("running Keras")
-        outs = loaded.layer_outputs(x[None])
+        outs = reference.outputs(x)
+        layer_names = list(outs)
         for layer in [input_layer] + layer_names:
             got = mf.assemble(entries, layer, block)
-            want = x.astype(np.float64) if layer == input_layer else outs[layer][0]
+            want = x.astype(np.float64) if layer == input_layer else outs[layer]
             report.stages.append(compare_stage(entries, layer, got, want, atol, rtol))
         final = report.stages[-1]
         if final.shape and len(final.shape) == 1:
             report.predicted_workbook = int(np.argmax(mf.assemble(entries, layer_names[-1], block)))
-            report.predicted_keras = int(np.argmax(outs[layer_names[-1]][0]))
+            report.predicted_keras = int(np.argmax(outs[layer_names[-1]]))
         if images_dir:
-            compare_batch(report, book, entries, input_layer, layer_names, loaded, about, images_dir, say)
+            compare_batch(report, book, entries, input_layer, layer_names, reference.loaded, about, images_dir, say)
 
     failing = [s for s in report.stages if not s.passed]
     report.first_failure = failing[0].layer if failing else None
