@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import sys
 import threading
 
@@ -68,6 +69,7 @@ class Reference:
         try:
             self._process.start()
         except OSError:  # no processes to be had: do it here
+            self._conn.close()
             self._conn = self._process = None
         finally:
             theirs.close()
@@ -143,8 +145,7 @@ def _helper_main(conn):
             except EOFError:  # verify is done with us (or stopped)
                 return
             if kind == "load":
-                reference._request = payload
-                reference._load_here()
+                reference.load(*payload)
             else:
                 conn.send(("outputs", reference.outputs(payload)))
     except BaseException as exc:  # noqa: BLE001 - handed to verify's process, which raises it
@@ -160,10 +161,7 @@ def _sendable(exc):
     """``exc`` as an exception that crosses a pipe and reads the same on the other side."""
     if isinstance(exc, XlcnnError):  # subclasses (Refusal) take other arguments: keep the line
         return XlcnnError(str(exc))
-    if isinstance(exc, (MemoryError, KeyboardInterrupt)):
-        return type(exc)(*exc.args)
     try:
-        import pickle
         pickle.loads(pickle.dumps(exc))
         return exc
     except Exception:  # noqa: BLE001 - anything that does not pickle goes as its text
