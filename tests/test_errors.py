@@ -148,9 +148,12 @@ def test_build_stopped_half_way_keeps_old_file(tmp_path, sig):
     out = tmp_path / "book.xlsx"
     out.write_bytes(b"old")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    # SIGINT at its default in the build, as a terminal gives it: a suite run as a background job
+    # (`make test &`) inherits SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "xlcnn.cli", "build", str(tmp_path / "big.keras"), str(DIGIT),
                              "-o", str(out), "--force"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not any(p.suffix == ".tmp" for p in tmp_path.iterdir()):
         time.sleep(0.05)
