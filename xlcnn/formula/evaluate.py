@@ -167,17 +167,15 @@ class _Plan:
             return prog.shapes
         ext = [[0, 0] for _ in prog.shapes]
 
-        def cover(t, rows, cols):
-            if np.size(rows) and np.size(cols):
-                ext[t][0] = max(ext[t][0], int(np.max(rows)) + 1)
-                ext[t][1] = max(ext[t][1], int(np.max(cols)) + 1)
+        def cover(t, row, col):  # the cell (row, col) of sheet t, or nothing (None)
+            if row is not None:
+                ext[t][0] = max(ext[t][0], row + 1)
+                ext[t][1] = max(ext[t][1], col + 1)
 
         for cls in prog.classes:
             if self.need[cls.id]:
-                for t, _, rows, cols in by_sheet(cls, self.limit.get(cls.id)):
-                    cover(t, rows, cols)
-                for t, top, left, h, w in class_refs(cls):  # each read's far corner
-                    cover(t, np.max(top) + (h or 1) - 1, np.max(left) + (w or 1) - 1)
+                for t, row, col in _far_corners(cls, self.limit.get(cls.id)):
+                    cover(t, row, col)
         for s, row, col in resolved:
             cover(s, row, col)
         for s, _, _, r1, c1 in self.rects:  # the cells asked for, formulas or not
@@ -192,6 +190,44 @@ class _Plan:
         W = W[box]
         out = (W >= 0) if s not in self.active else ~np.append(self.need, True)[W]
         return out if out.any() else None
+
+
+def _put(V, rows, cols, val, sel):
+    """V[:, rows, cols] = val, or val[:, sel] for a class's values over several sheets.  A
+    batch's values lying as (cells, batch) in memory, as the sheets do, move as whole batch
+    vectors (indexing them as (batch, cells) would copy them across twice)."""
+    several = sel is not None and np.ndim(val) == 2 and val.shape[1] > 1
+    if np.ndim(val) == 2 and val.shape[0] == V.shape[0] > 1 and (several or val.shape[1] == len(rows)):
+        src, dst = val.T, V.transpose(1, 2, 0)
+        if src.flags.c_contiguous and dst.flags.c_contiguous:
+            dst[rows, cols] = np.take(src, sel, axis=0) if several else src
+            return
+    V[:, rows, cols] = val[:, sel] if several else val
+
+
+def _largest(v):
+    """The largest of a slot coordinate or index array (an int or an array), None if empty."""
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    return int(v.max()) if v.size else None
+
+
+def _far_corners(cls, sub):
+    """(sheet, row, col) per sheet a class (or its cells ``sub``) writes and per read it makes:
+    the largest row and column involved (None, None where there is nothing).  Kept on the
+    class for sub None: a batch run (targets) asks for them on every run."""
+    if sub is None and "corners" in cls.gather:
+        return cls.gather["corners"]
+    out = []
+    for t, _, rows, cols in by_sheet(cls, sub):
+        out.append((t, _largest(rows), _largest(cols)))
+    for t, top, left, h, w in class_refs(cls):  # each read's far corner
+        r, c = _largest(top), _largest(left)
+        out.append((t, None, None) if r is None or c is None else (t, r + (h or 1) - 1, c + (w or 1) - 1))
+    out = [(t, None, None) if r is None or c is None else (t, r, c) for t, r, c in out]
+    if sub is None:
+        cls.gather["corners"] = out
+    return out
 
 
 def evaluate(book, overrides=None, targets=None):
@@ -263,10 +299,7 @@ def evaluate(book, overrides=None, targets=None):
                     if M[s] is prog.isnum[s] or M[s].base is prog.isnum[s]:  # never the program's own
                         M[s] = M[s].copy()
                     M[s][rows, cols] = False
-                if sel is not None and np.ndim(val) == 2 and val.shape[1] > 1:
-                    V[s][:, rows, cols] = val[:, sel]
-                else:
-                    V[s][:, rows, cols] = val
+                _put(V[s], rows, cols, val, sel)
             for s2, r, c, v in reapply.get(cid, ()):
                 V[s2][:, r, c] = v
     return Result(book, prog, V, M, texts, outside, batch, time.perf_counter() - t0)

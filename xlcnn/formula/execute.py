@@ -154,13 +154,19 @@ def _ev_dot(node, cx):
         out = run_dot(plan, cx)
         if out is None:  # a range holds text or a boolean: SUMPRODUCT's own path zeroes them
             cls.gather["dot"] = False
-    if plan is False or out is None:
+    own = plan is not False and out is not None  # a fresh array of run_dot's: added to in place
+    if not own:
         out = None
         for t in node.calls:
             v = num(ev(t, cx))
             out = v if out is None else out + v
     for t in node.rest:
-        out = out + num(ev(t, cx))
+        v = num(ev(t, cx))
+        if own and np.shape(out) == np.broadcast_shapes(np.shape(out), np.shape(v)):
+            out += v  # a batch's worth: no second array to page in
+        else:
+            out = out + v
+            own = True
     return out
 
 

@@ -57,19 +57,27 @@ def run_dot(plan, cx):
     width = sum(h * w for _, _, _, h, w in sides[0])
     rows = max([len(side[0][1]) for side, v in zip(sides, varies) if v] or [1])
     step = max(1, _DOT_CHUNK // max(1, rows * width))
-    outs = []
+    if not any(varies):
+        step = batch = 1  # nothing varies over the batch (a slice of one image does)
+    # One buffer per varying side serves every slice's gather (fresh memory for each slice
+    # would be paged in again), and the cells' values go into (cells, batch) memory, as the
+    # sheets lie.
+    buffers = [np.empty(len(side[0][1]) * width * step) if v and batch > step else None
+               for side, v in zip(sides, varies)]
+    result = None
     for b0 in range(0, batch, step):
-        a, b = (f if f is not None else _side_values(side, cx, b0, b0 + step)
-                for side, f in zip(sides, fixed))
+        b1 = min(batch, b0 + step)
+        a, b = (f if f is not None else _side_values(side, cx, b0, b1, buf)
+                for side, f, buf in zip(sides, fixed, buffers))
         if a is None or b is None:
             return None
-        if product:
-            outs.append(pick(_matmul(a, b), inv[0], inv[1]))
-        else:
-            outs.append(_dot(a, b))
-        if not any(varies):
-            break  # nothing varies over the batch (a slice of one image does)
-    return outs[0] if len(outs) == 1 else np.concatenate(outs)
+        got = pick(_matmul(a, b), inv[0], inv[1]) if product else _dot(a, b)
+        if b1 - b0 == batch or got.shape[0] != b1 - b0:
+            return got  # the whole batch in one slice
+        if result is None:
+            result = np.empty((got.shape[1], batch)).T
+        result[b0:b1] = got
+    return result
 
 
 def _lying(x):
@@ -131,7 +139,7 @@ def dot_plan(node, cls):
     return sides, inv, product
 
 
-def _side_values(side, cx, b0, b1):
+def _side_values(side, cx, b0, b1, buffer=None):
     """(batch, windows, K) values read by one side of a Dot (batch slice b0:b1, or 1 when
     nothing read varies over the batch); None when a read holds text or a boolean.  The
     gather runs on the sheets' (R, C, batch) memory, so each window cell moves a contiguous
@@ -148,7 +156,8 @@ def _side_values(side, cx, b0, b1):
         reads.append((V, None if box.all() else M.reshape(-1)[flat], flat))
     batch = max(V.shape[0] for V, _, _ in reads)
     windows = len(side[0][1])
-    out = np.empty((sum(h * w for *_, h, w in side), windows, batch))
+    shape = (sum(h * w for *_, h, w in side), windows, batch)
+    out = np.empty(shape) if buffer is None else buffer[:np.prod(shape)].reshape(shape)
     k = 0
     for (V, numbers, flat), (t, top, left, h, w) in zip(reads, side):
         dst = out[k:k + h * w].reshape(-1, batch)
