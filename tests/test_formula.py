@@ -1251,6 +1251,54 @@ def test_positional_number_reader_on_a_large_block(tmp_path):
     np.testing.assert_allclose(book.sheet_array("w")[5:, 3:], w, rtol=1e-15)  # as XlsxWriter wrote them
 
 
+def _dense_rows(rows, first_col, width, odd=None):
+    """<row> elements as XlsxWriter writes a weight matrix: consecutive cells from first_col
+    (0-based) in each of ``rows`` (1-based); ``odd`` rewrites the XML to break the pattern."""
+    from xlcnn.formula.parser import col_letters
+    out = []
+    for r in rows:
+        cells = "".join(f'<c r="{col_letters(first_col + j)}{r}" s="5"><v>{r * 1000 + j}.25</v></c>'
+                        for j in range(width))
+        out.append(f'<row r="{r}" spans="1:9">{cells}</row>')
+    xml = "".join(out)
+    return odd(xml) if odd else xml
+
+
+@pytest.mark.parametrize("case, quick", [
+    # columns across Z/AA, AZ/BA, ZZ/AAA; rows across 9/10, 99/100 and 5/6 digits (C100001:
+    # with the quote 8 bytes, a word's worth)
+    ((range(8, 12), 20, 40), True),
+    ((range(97, 102), 670, 40), True),
+    ((range(99_998, 100_002), 0, 3), True),
+    # 3 letters and 7 digits: 10 bytes with the quote, too long for a word: decoded in full
+    ((range(1_048_570, 1_048_576), 16_370, 8), False),
+    # a gap in a row, a leading zero, a row tag without r, a row not in the cells' references
+    ((range(1, 5), 0, 6, lambda x: x.replace('<c r="C2" s="5"><v>2002.25</v></c>', "")), False),
+    ((range(1, 5), 0, 6, lambda x: x.replace('r="B3"', 'r="B03"')), False),
+    ((range(1, 5), 0, 6, lambda x: x.replace('<row r="2" spans="1:9">', "<row>")), False),
+    ((range(1, 5), 0, 6, lambda x: x.replace('r="D4"', 'r="D5"')), False),
+])
+def test_references_checked_row_by_row_equal_every_reference_decoded(case, quick):
+    """A weight matrix's cell references are not each decoded: the row tags and each row's first
+    cell are, and every reference is compared with the one expected.  Every layout reads as
+    ElementTree reads it, and the check gives way to the full decode where the pattern breaks."""
+    from xlcnn.formula import reader
+    body = _dense_rows(*case)
+    xml = f'<worksheet xmlns="{MAIN}"><sheetData>{body}</sheetData></worksheet>'.encode()
+    slow = reader._Cells()
+    reader._scan_slow(xml, slow)
+    assert _cells_of(reader._parse_sheet(xml)) == _cells_of(slow)
+    a = np.frombuffer(body.encode(), np.uint8)
+    lt = np.flatnonzero(a == 60)
+    after = a[lt + 1]
+    view = np.lib.stride_tricks.sliding_window_view(a, 8)
+    found = reader._positions_by_rows(a, view, lt[after == 114], lt[after == 99])
+    assert (found is not None) == quick
+    if quick:
+        rows, cols = reader._decode_refs(view, lt[after == 99] + 6)
+        assert found[0].tolist() == rows.tolist() and found[1].tolist() == cols.tolist()
+
+
 @pytest.mark.parametrize("odd", [None, "1_000", "inf", "1,5"])
 def test_bulk_number_parsing_is_float_bit_for_bit(odd):
     """Blocks of numbers are parsed in bulk (pandas' C reader); every text must give float()'s

@@ -446,17 +446,12 @@ def _numeric_cells(a):
     if lt_v[-1] + 1 >= len(lt):
         return None
     view = np.lib.stride_tricks.sliding_window_view(a, 8)
-    L = view[cells + 6, :4].astype(np.int16)  # 1-3 capitals, then a digit
-    going = np.logical_and.accumulate((L >= 65) & (L <= 90), axis=1)
-    letters = going.sum(1)
-    col = _places(L, going, 3, 26, 64)
-    D = view[cells + 6 + letters].astype(np.int16)  # 1-7 digits, then the closing quote
-    going = np.logical_and.accumulate((D >= 48) & (D <= 57), axis=1)
-    digits = going.sum(1)
-    row = _places(D, going, 7, 10, 48)
-    end = D[np.arange(n), np.minimum(digits, 7)]
-    if not ((letters >= 1) & (letters <= 3) & (digits >= 1) & (digits <= 7) & (end == 34)).all():
+    found = _positions_by_rows(a, view, lt[after == 114], cells)
+    if found is None:
+        found = _decode_refs(view, cells + 6)
+    if found is None:
         return None
+    row, col = found
     values = _decimals_at(a, vs + 3, lt[lt_v + 1])
     if values is None:
         vals = _V_TEXT.findall(a.tobytes())
@@ -464,6 +459,98 @@ def _numeric_cells(a):
             return None
         values = np.fromiter(map(float, vals), np.float64, n)
     return row - 1, col - 1, values
+
+
+def _decode_refs(view, at):
+    """(rows, cols), 1-based, of the A1 references starting at the offsets ``at`` of the bytes
+    whose 8-byte windows ``view`` holds, each ended by a quote; None if one is not 1-3 capitals,
+    1-7 digits and the quote."""
+    n = len(at)
+    L = view[at, :4].astype(np.int16)  # 1-3 capitals, then a digit
+    going = np.logical_and.accumulate((L >= 65) & (L <= 90), axis=1)
+    letters = going.sum(1)
+    col = _places(L, going, 3, 26, 64)
+    D = view[at + letters].astype(np.int16)  # 1-7 digits, then the closing quote
+    going = np.logical_and.accumulate((D >= 48) & (D <= 57), axis=1)
+    digits = going.sum(1)
+    row = _places(D, going, 7, 10, 48)
+    end = D[np.arange(n), np.minimum(digits, 7)]
+    if not ((letters >= 1) & (letters <= 3) & (digits >= 1) & (digits <= 7) & (end == 34)).all():
+        return None
+    return row, col
+
+
+_ROW_TAG = np.frombuffer(b'row r="', np.uint8)
+
+
+def _positions_by_rows(a, view, row_tags, cells):
+    """(rows, cols), 1-based, of the cells at offsets ``cells`` of ``a`` when every row's cells
+    lie in consecutive columns from its first, as a weight matrix's do: only the <row> tags and
+    each row's first cell are decoded, and every cell's reference text is then checked against
+    the one expected, as one 8-byte word per cell.  None when a row tag is not ``<row r="N"``,
+    a reference is longer than 7 bytes, or any reference differs (the general decode then
+    reads every cell's)."""
+    if not len(row_tags) or row_tags[-1] + 16 > len(a):
+        return None
+    if not (view[row_tags + 1, :7] == _ROW_TAG).all():
+        return None
+    row_at = _decode_digits(a, row_tags + 8)
+    if row_at is None:
+        return None
+    k = np.searchsorted(row_tags, cells) - 1  # the row tag before each cell
+    if k[0] < 0:
+        return None
+    first = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])  # each row's first cell
+    head = _decode_refs(view, cells[first] + 6)
+    if head is None or not (head[0] == row_at[k[first]]).all():
+        return None
+    group = np.cumsum(np.r_[False, k[1:] != k[:-1]])
+    col = head[1][group] + (np.arange(len(cells)) - first[group])
+    row = row_at[k]
+    if col.max() > 16384 or row.max() > 9_999_999:
+        return None
+    # The expected text, little-endian in a word: the column's letters (from a table of the
+    # columns up to the largest), then the row's digits and the closing quote (one per row).
+    letters, nl = _spelt(np.arange(1, col.max() + 1), lambda c: [(c - 1) % 26 + 65, (c - 1) // 26], 3)
+    digits, nd = _spelt(row_at, lambda r: [r % 10 + 48, r // 10], 7)
+    size = nl[col - 1] + nd[k] + 1
+    if size.max() > 8:
+        return None
+    quoted = digits | (np.uint64(34) << (8 * nd).astype(np.uint64))
+    word = letters[col - 1] | (quoted[k] << (8 * nl[col - 1]).astype(np.uint64))
+    got = np.ascontiguousarray(view[cells + 6]).view("<u8")[:, 0]
+    mask = np.where(size == 8, np.uint64(2**64 - 1), (np.uint64(1) << (8 * size).astype(np.uint64)) - np.uint64(1))
+    return (row, col) if ((got & mask) == word).all() else None
+
+
+def _spelt(x, step, most):
+    """(word, length) of the texts of the positive integers x: ``step(x)`` gives the last
+    character's code and what is left (0: nothing), at most ``most`` characters; the word holds
+    the characters little-endian (first character in the lowest byte)."""
+    word = np.zeros(len(x), np.uint64)
+    length = np.zeros(len(x), np.int64)
+    left = x.astype(np.int64)
+    for _ in range(most):
+        here = left > 0
+        code, rest = step(left)
+        # the new character goes first: shift what is spelt so far up one byte
+        word = np.where(here, (word << np.uint64(8)) | code.astype(np.uint64), word)
+        length += here
+        left = np.where(here, rest, 0)
+    return word, length
+
+
+def _decode_digits(a, at):
+    """The decimal numbers (1-7 digits, then a quote) starting at offsets ``at`` of ``a``; None
+    if one is not."""
+    out = []
+    for i in at.tolist():
+        end = a[i:i + 8].tobytes().find(b'"')
+        text = a[i:i + max(end, 0)].tobytes()
+        if end < 1 or not text.isdigit():
+            return None
+        out.append(int(text))
+    return np.array(out, np.int64)
 
 
 def _places(X, going, width, base, zero):
@@ -570,7 +657,23 @@ def _row_chunks(pieces):
         yield buf
 
 
-_TYPED = re.compile(rb' t="|<f\b|<is\b')  # cells the number-block path does not read
+_TYPED = (b' t="', b"<f", b"<is")  # cells the number-block path does not read
+_WORD_BYTES = frozenset(b"0123456789_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _typed_at(chunk):
+    """Offsets of the _TYPED marks in ``chunk``, in order: ' t="', and '<f' and '<is' ending a
+    word (a tag <f>, <f t=...>, <is>), each found by bytes.find (they are few; a regex would
+    step through every byte of a weight sheet's first chunk)."""
+    out = []
+    for mark in _TYPED:
+        at = chunk.find(mark)
+        while at >= 0:
+            end = at + len(mark)
+            if mark[0] == 32 or end >= len(chunk) or chunk[end] not in _WORD_BYTES:
+                out.append(at)
+            at = chunk.find(mark, end)
+    return sorted(out)
 
 
 def _plain_runs(chunk):
@@ -582,8 +685,7 @@ def _plain_runs(chunk):
     if typed == 0 or typed * 20 > chunk.count(b"<c "):
         return [(chunk, False)]
     spans = []  # byte spans of the rows holding a typed cell, merged
-    for m in _TYPED.finditer(chunk):
-        at = m.start()
+    for at in _typed_at(chunk):
         if spans and at < spans[-1][1]:
             continue
         lo = chunk.rfind(b"<row", 0, at)
