@@ -6,7 +6,9 @@ measured in the same run (the machine is shared: read the ratios, not the second
     python bench/bench_verify.py [--images 200] [--only lenet-size|cifar] [--no-libreoffice]
 
 The floor is importing Keras and loading the model, timed in a fresh process; "verify minus
-floor" is a fresh process running the whole `verify()` minus that floor.  verify imports Keras in
+floor" is a fresh process running the whole `verify()` minus that floor; each is the best of
+RUNS processes, run alternately.  Keras predict is timed warm, best of RUNS; the workbook's batch
+is the single run `verify --images` makes.  verify imports Keras in
 a helper process while it reads and evaluates the workbook (xlcnn/verify/reference.py), so the
 engine's own time (read + evaluate in one process, nothing overlapped) is printed beside it.
 Peak memory is the verify process's peak RSS plus its helper's (TensorFlow is in the helper).  Prints figures; asserts nothing.
@@ -36,6 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 GOAL_SPEEDUP = 10.0      # verify minus floor vs LibreOffice's hard recalculation
 GOAL_PEAK_MB = 1500.0    # verify's peak memory on the seed CIFAR-10 workbook
 GOAL_IMAGES = 0.5        # images/s through the formulas, as a fraction of Keras predict's
+RUNS = 3                 # fresh processes timed for the floor and for verify; the best of each
 
 
 def seed_cifar(path):
@@ -121,12 +124,22 @@ def bench_model(name, model, image, tmp, use_lo):
     book_path = tmp / f"{name}.xlsx"
     result = build(model, image, book_path, force=True)
     print(f"\n{name}: {result.formulas:,} formulas, {result.constants:,} constants, {result.sheets} sheets")
-    floor = min(run_child("floor", book_path, model)["total"] for _ in range(2))
-    v = run_child("verify", book_path, model)
+    # Best of RUNS for both, alternating: the shared machine's noise (a floor from 3.8 to 6.1 s
+    # over three runs) would otherwise decide the difference of two single runs.
+    floors, verifies = [], []
+    for _ in range(RUNS):
+        floors.append(run_child("floor", book_path, model)["total"])
+        verifies.append(run_child("verify", book_path, model))
+    floor = min(floors)
+    v = min(verifies, key=lambda r: r["total"])
     net = v["total"] - floor
-    engine = v["read"] + v["engine_evaluate"]
-    print(f"  floor (import Keras + load model) {floor:.2f} s; verify {v['total']:.2f} s (passed={v['passed']}); "
-          f"engine alone: read {v['read']:.2f} s + evaluate {v['engine_evaluate']:.2f} s")
+    best_engine = min(verifies, key=lambda r: r["read"] + r["engine_evaluate"])
+    engine = best_engine["read"] + best_engine["engine_evaluate"]
+    all_floors = ", ".join(f"{x:.2f}" for x in floors)
+    all_verifies = ", ".join(f"{x['total']:.2f}" for x in verifies)
+    print(f"  best of {RUNS}: floor (import Keras + load model) {floor:.2f} s [{all_floors}]; "
+          f"verify {v['total']:.2f} s [{all_verifies}] (passed={v['passed']}); "
+          f"engine alone (best): read {best_engine['read']:.2f} s + evaluate {best_engine['engine_evaluate']:.2f} s")
     lo = None
     if use_lo and soffice():
         t = time.perf_counter()
@@ -166,15 +179,26 @@ def bench_images(book_path, model, count, tmp):
     x = np.stack([np.asarray(Image.open(p).convert("L"), np.float32)[..., None] / 255.0
                   for p in sorted(folder.glob("*.png"))])
     keras_model = loaded.model if hasattr(loaded, "model") else loaded
-    keras_model.predict(x[:8], verbose=0)  # warm-up (shapes as the workbook's input: 28x28x1)
+    # Keras at its best: warmed up by the very call timed, then the best of RUNS calls.  Ours is
+    # the one batch run `verify --images` makes, as a user gets it.  (Until session 6 this
+    # bench warmed Keras up on 8 images only: the full batch's first call, timed, then
+    # retraced; that first call is printed too, for comparison with the old figures.)
+    keras_model.predict(x[:8], verbose=0)
     t = time.perf_counter()
     keras_model.predict(x, verbose=0)
-    theirs = count / (time.perf_counter() - t)
+    first = count / (time.perf_counter() - t)
+    times = []
+    for _ in range(RUNS):
+        t = time.perf_counter()
+        keras_model.predict(x, verbose=0)
+        times.append(time.perf_counter() - t)
+    theirs = count / min(times)
     print(f"\n{count} images through the LeNet-size workbook's formulas (top-1 agreement "
           f"{report.top1_agreement:.1%}, worst error/scale {report.batch_worst_error:.1e})")
     print(f"  {'figure':<44} {'xlcnn':>12} {'reference':>14} {'ratio':>9} {'goal':>10}")
-    row("images/s vs Keras predict", f"{ours:,.0f}/s", f"{theirs:,.0f}/s", f"{ours / theirs:.2f}",
+    row("images/s vs Keras predict (warm, best)", f"{ours:,.0f}/s", f"{theirs:,.0f}/s", f"{ours / theirs:.2f}",
         f">= {GOAL_IMAGES}", ours / theirs >= GOAL_IMAGES)
+    print(f"  {'  (Keras predict, its first full-batch call)':<44} {'':>12} {first:>12,.0f}/s {ours / first:>9.2f}")
 
 
 def main():
