@@ -1265,11 +1265,13 @@ def _dense_rows(rows, first_col, width, odd=None):
 
 
 @pytest.mark.parametrize("case, quick", [
-    # columns across Z/AA, AZ/BA, ZZ/AAA; rows across 9/10, 99/100 and 5/6 digits (C100001:
+    # columns across Z/AA, AZ/BA, ZZ/AAA; rows across 9/10, 99/100 and 5/6 digits (F100001:
     # with the quote 8 bytes, a word's worth)
     ((range(8, 12), 20, 40), True),
     ((range(97, 102), 670, 40), True),
-    ((range(99_998, 100_002), 0, 3), True),
+    ((range(99_998, 100_002), 0, 6), True),
+    # rows of fewer than 4 cells (a signal's column): decoded in full, it costs no more
+    ((range(1, 40), 3, 2), False),
     # 3 letters and 7 digits: 10 bytes with the quote, too long for a word: decoded in full
     ((range(1_048_570, 1_048_576), 16_370, 8), False),
     # a gap in a row, a leading zero, a row tag without r, a row not in the cells' references

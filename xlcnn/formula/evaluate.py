@@ -218,13 +218,10 @@ def _far_corners(cls, sub):
     class for sub None: a batch run (targets) asks for them on every run."""
     if sub is None and "corners" in cls.gather:
         return cls.gather["corners"]
-    out = []
-    for t, _, rows, cols in by_sheet(cls, sub):
-        out.append((t, _largest(rows), _largest(cols)))
+    out = [(t, _largest(rows), _largest(cols)) for t, _, rows, cols in by_sheet(cls, sub)]
     for t, top, left, h, w in class_refs(cls):  # each read's far corner
         r, c = _largest(top), _largest(left)
         out.append((t, None, None) if r is None or c is None else (t, r + (h or 1) - 1, c + (w or 1) - 1))
-    out = [(t, None, None) if r is None or c is None else (t, r, c) for t, r, c in out]
     if sub is None:
         cls.gather["corners"] = out
     return out

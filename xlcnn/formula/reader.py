@@ -465,19 +465,24 @@ def _decode_refs(view, at):
     """(rows, cols), 1-based, of the A1 references starting at the offsets ``at`` of the bytes
     whose 8-byte windows ``view`` holds, each ended by a quote; None if one is not 1-3 capitals,
     1-7 digits and the quote."""
-    n = len(at)
     L = view[at, :4].astype(np.int16)  # 1-3 capitals, then a digit
     going = np.logical_and.accumulate((L >= 65) & (L <= 90), axis=1)
     letters = going.sum(1)
     col = _places(L, going, 3, 26, 64)
-    D = view[at + letters].astype(np.int16)  # 1-7 digits, then the closing quote
-    going = np.logical_and.accumulate((D >= 48) & (D <= 57), axis=1)
-    digits = going.sum(1)
-    row = _places(D, going, 7, 10, 48)
-    end = D[np.arange(n), np.minimum(digits, 7)]
-    if not ((letters >= 1) & (letters <= 3) & (digits >= 1) & (digits <= 7) & (end == 34)).all():
+    row, ok = _decode_number(view, at + letters)
+    if not (ok & (letters >= 1) & (letters <= 3)).all():
         return None
     return row, col
+
+
+def _decode_number(view, at):
+    """(numbers, ok) of the texts at offsets ``at`` (``view``: the bytes' 8-byte windows): ok
+    where a text is 1-7 digits and then a quote."""
+    D = view[at].astype(np.int16)
+    going = np.logical_and.accumulate((D >= 48) & (D <= 57), axis=1)
+    digits = going.sum(1)
+    end = D[np.arange(len(at)), np.minimum(digits, 7)]
+    return _places(D, going, 7, 10, 48), (digits >= 1) & (digits <= 7) & (end == 34)
 
 
 _ROW_TAG = np.frombuffer(b'row r="', np.uint8)
@@ -490,25 +495,26 @@ def _positions_by_rows(a, view, row_tags, cells):
     the one expected, as one 8-byte word per cell.  None when a row tag is not ``<row r="N"``,
     a reference is longer than 7 bytes, or any reference differs (the general decode then
     reads every cell's)."""
-    if not len(row_tags) or row_tags[-1] + 16 > len(a):
-        return None
+    if not len(row_tags) or len(row_tags) * 4 > len(cells) or row_tags[-1] + 16 > len(a):
+        return None  # no rows, or rows of a few cells (decoding all costs no more)
     if not (view[row_tags + 1, :7] == _ROW_TAG).all():
         return None
-    row_at = _decode_digits(a, row_tags + 8)
-    if row_at is None:
+    row_at, ok = _decode_number(view, row_tags + 8)
+    if not ok.all():
         return None
     k = np.searchsorted(row_tags, cells) - 1  # the row tag before each cell
     if k[0] < 0:
         return None
-    first = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])  # each row's first cell
+    starts = np.r_[True, k[1:] != k[:-1]]
+    first = np.flatnonzero(starts)  # each row's first cell
     head = _decode_refs(view, cells[first] + 6)
     if head is None or not (head[0] == row_at[k[first]]).all():
         return None
-    group = np.cumsum(np.r_[False, k[1:] != k[:-1]])
+    group = np.cumsum(starts) - 1
     col = head[1][group] + (np.arange(len(cells)) - first[group])
-    row = row_at[k]
-    if col.max() > 16384 or row.max() > 9_999_999:
+    if col.max() > 16384:
         return None
+    row = row_at[k]
     # The expected text, little-endian in a word: the column's letters (from a table of the
     # columns up to the largest), then the row's digits and the closing quote (one per row).
     letters, nl = _spelt(np.arange(1, col.max() + 1), lambda c: [(c - 1) % 26 + 65, (c - 1) // 26], 3)
@@ -538,19 +544,6 @@ def _spelt(x, step, most):
         length += here
         left = np.where(here, rest, 0)
     return word, length
-
-
-def _decode_digits(a, at):
-    """The decimal numbers (1-7 digits, then a quote) starting at offsets ``at`` of ``a``; None
-    if one is not."""
-    out = []
-    for i in at.tolist():
-        end = a[i:i + 8].tobytes().find(b'"')
-        text = a[i:i + max(end, 0)].tobytes()
-        if end < 1 or not text.isdigit():
-            return None
-        out.append(int(text))
-    return np.array(out, np.int64)
 
 
 def _places(X, going, width, base, zero):
