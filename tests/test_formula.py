@@ -1040,6 +1040,26 @@ def test_batch_equals_per_image_through_matrix_products(tmp_path, monkeypatch, c
         np.testing.assert_allclose(_all_formula_values(fast, book)[sheet], values, rtol=1e-12, atol=1e-12)
 
 
+def test_a_kept_weight_side_is_used_only_while_its_sheet_is_the_programs_own(tmp_path, monkeypatch):
+    """A dense layer's weight side is gathered once and kept on its class, for the next run; a
+    run overriding a weight cell (one number, no batch) computes it afresh from the override,
+    and the run after it is back to the file's weights."""
+    book, x = _batch_book(tmp_path)
+    first = evaluate(book)
+    dense = [c for c in book.program.classes if ("fixed side", 1) in c.gather]
+    assert dense  # the dense weights (sheet w) were kept
+    kept = dense[0].gather[("fixed side", 1)]
+    assert not kept.flags.writeable
+    changed = evaluate(book, {("w", 20, 0): 10.0})
+    slow = evaluate_one_by_one(book, monkeypatch, overrides={("w", 20, 0): 10.0})
+    np.testing.assert_allclose(changed.block("dense", 0, 0, 2, 2), slow.block("dense", 0, 0, 2, 2), rtol=1e-13)
+    assert np.isfinite(first.value("dense", 1, 0))
+    assert changed.value("dense", 1, 0) != pytest.approx(first.value("dense", 1, 0))
+    again = evaluate(book)
+    np.testing.assert_array_equal(again.block("dense", 0, 0, 2, 2), first.block("dense", 0, 0, 2, 2))
+    assert dense[0].gather[("fixed side", 1)] is kept
+
+
 def test_batch_equals_per_image_on_an_xlcnn_workbook(tmp_path):
     """Three inputs through a real LeNet workbook at once equal three separate runs, cell by cell."""
     pytest.importorskip("tensorflow")

@@ -51,7 +51,7 @@ def run_dot(plan, cx):
     # A side that does not vary over the batch (the weights) is gathered once; the batch goes
     # in slices sized by what the varying side gathers, so a dense layer's weight matrix is
     # neither re-gathered nor multiplied per slice of a few images.
-    fixed = [None if v else _side_values(side, cx, 0, 1) for side, v in zip(sides, varies)]
+    fixed = [None if v else _fixed_side(side, k, cx) for k, (side, v) in enumerate(zip(sides, varies))]
     if any(not v and f is None for v, f in zip(varies, fixed)):
         return None
     width = sum(h * w for _, _, _, h, w in sides[0])
@@ -78,6 +78,22 @@ def run_dot(plan, cx):
             result = np.empty((got.shape[1], batch)).T
         result[b0:b1] = got
     return result
+
+
+def _fixed_side(side, k, cx):
+    """_side_values of a side that does not vary over the batch.  Kept on the class when every
+    sheet it reads is the program's own (read-only: no override, no formula written there this
+    run), so a dense layer's weight matrix is gathered once, not on every run."""
+    own = cx.sub is None and all(not cx.V[t].flags.writeable and not cx.M[t].flags.writeable
+                                 for t, *_ in side)
+    key = ("fixed side", k)
+    if own and key in cx.cls.gather:
+        return cx.cls.gather[key]
+    out = _side_values(side, cx, 0, 1)
+    if own and out is not None:
+        out.flags.writeable = False
+        cx.cls.gather[key] = out
+    return out
 
 
 def _lying(x):
@@ -153,13 +169,19 @@ def _side_values(side, cx, b0, b1, buffer=None):
         cols = (left + np.arange(w)[:, None])[None, :, :]      # (1, w, windows)
         flat = (rows * M.shape[1] + cols).reshape(-1)          # cell (i, j) of window p
         box = M[int(top.min()):int(top.max()) + h, int(left.min()):int(left.max()) + w]
-        reads.append((V, None if box.all() else M.reshape(-1)[flat], flat))
-    batch = max(V.shape[0] for V, _, _ in reads)
+        if not box.all():  # some window cells hold no number ('same' padding reads empty cells)
+            # A cell holding no number holds the same value for every image (empty 0, a text
+            # or boolean constant, a text formula's NaN): the first image's tells for all.
+            other = flat[~M.reshape(-1)[flat]]
+            if (V[0][other // M.shape[1], other % M.shape[1]] != 0).any():
+                return None  # empty cells read as 0 and are 0; text and booleans are not
+        reads.append((V, flat))
+    batch = max(V.shape[0] for V, _ in reads)
     windows = len(side[0][1])
     shape = (sum(h * w for *_, h, w in side), windows, batch)
     out = np.empty(shape) if buffer is None else buffer[:np.prod(shape)].reshape(shape)
     k = 0
-    for (V, numbers, flat), (t, top, left, h, w) in zip(reads, side):
+    for (V, flat), (t, top, left, h, w) in zip(reads, side):
         dst = out[k:k + h * w].reshape(-1, batch)
         k += h * w
         src = V.transpose(1, 2, 0).reshape(-1, V.shape[0])    # (cells, batch): a view
@@ -167,8 +189,6 @@ def _side_values(side, cx, b0, b1, buffer=None):
             np.take(src, flat, axis=0, out=dst, mode="clip")   # flat is inside the sheet
         else:
             dst[...] = src[flat]
-        if numbers is not None and (dst[~numbers] != 0).any():
-            return None  # empty cells read as 0 and are 0; text and booleans are not
     return out.transpose(2, 1, 0)
 
 

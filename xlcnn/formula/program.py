@@ -252,6 +252,9 @@ def _build_base(book, prog):
             isnum[r, c] = (r, c) in errors  # errors propagate through SUM like numbers do
         frows, fcols, _ = book.formula_cells(sheet)
         isnum[frows, fcols] = True
+        # Read-only: a run writes to private copies only, and a value computed from arrays
+        # that cannot be written (a dense layer's gathered weights) may be kept for the next run.
+        base.flags.writeable = isnum.flags.writeable = False
         prog.base.append(base)
         prog.isnum.append(isnum)
         prog.writer.append(np.full(shape, -1, np.int32) if len(frows) else None)
