@@ -125,3 +125,44 @@ def test_transparent_png_is_flattened_onto_white(tmp_path):
     p = prepare(tmp_path / "t.png", (28, 28, 1), "channels_last")
     assert p.inverted                           # the ground became white, so it was inverted
     assert p.tensor[0, 0, 0] == 0.0 and p.tensor[12, 13, 0] == pytest.approx(1.0)
+
+
+_FAULTS = """
+import resource, sys
+import numpy as np
+from xlcnn.memory import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else False
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for round in range(2):  # sixteen 4 MB arrays written and freed, twice
+    f0 = faults()
+    arrays = [np.ones(4 << 17) for _ in range(16)]
+    del arrays
+print(kept, (faults() - f0) * resource.getpagesize() >> 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings")
+def test_the_command_keeps_freed_memory_for_its_next_arrays():
+    """xlcnn/memory.py, as the command line sets it: a second round of arrays reuses the first
+    round's freed memory (no fresh pages); glibc's own settings hand it back and fault it in
+    again; a user's MALLOC_* or GLIBC_TUNABLES setting is left alone."""
+    def second_round(mode, **env):
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, cwd=ROOT,
+                             env=dict(os.environ, **env), check=True).stdout.split()
+        return out[0] == "True", int(out[1])
+    kept, fresh_mb = second_round("keep")
+    if not kept:
+        pytest.skip("not glibc")
+    assert fresh_mb < 4
+    assert second_round("default")[1] >= 16
+    kept, fresh_mb = second_round("keep", GLIBC_TUNABLES="glibc.malloc.check=0")
+    assert not kept and fresh_mb >= 16
+
+
+def test_the_command_line_sets_the_allocator_before_its_work(monkeypatch, tmp_path, capsys):
+    from xlcnn import cli
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1))
+    assert cli.main(["verify", str(tmp_path / "missing.xlsx")]) == 2
+    assert calls == [1] and "missing.xlsx" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import sys
 
 from . import __version__
 from .errors import XlcnnError
+from .memory import keep_freed_memory
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,6 +117,7 @@ def _verify(args):
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    keep_freed_memory()  # the command's arrays reuse freed memory (xlcnn/memory.py)
     try:
         return _build(args) if args.command == "build" else _verify(args)
     except XlcnnError as exc:
