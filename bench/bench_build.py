@@ -58,6 +58,9 @@ def lenet_size(path):
 
 def child(kind, args):
     """Runs in the measured process; prints one JSON line."""
+    if kind != "naive":
+        from xlcnn.memory import keep_freed_memory
+        keep_freed_memory()  # as `xlcnn build` sets it (xlcnn/cli.py)
     t = time.perf_counter()
     out = {}
     if kind == "floor":
