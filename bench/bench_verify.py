@@ -8,7 +8,8 @@ measured in the same run (the machine is shared: read the ratios, not the second
 The floor is importing Keras and loading the model, timed in a fresh process; "verify minus
 floor" is a fresh process running the whole `verify()` minus that floor; each is the best of
 RUNS processes, run alternately.  Images per second are compared like with like: warm (the best of
-RUNS runs after a first one) for Keras predict and for the run `verify --images` makes, and each
+IMAGE_RUNS runs after a first one, the two sides taken in turn) for Keras predict and for the run
+`verify --images` makes, and each
 side's first full-batch run beside it, with how fast this machine pages in fresh memory (what a
 first run's swings come from).  verify imports Keras in
 a helper process while it reads and evaluates the workbook (xlcnn/verify/reference.py), so the
@@ -41,6 +42,8 @@ GOAL_SPEEDUP = 10.0      # verify minus floor vs LibreOffice's hard recalculatio
 GOAL_PEAK_MB = 1500.0    # verify's peak memory on the seed CIFAR-10 workbook
 GOAL_IMAGES = 0.5        # images/s through the formulas, as a fraction of Keras predict's
 RUNS = 3                 # fresh processes timed for the floor and for verify; the best of each
+IMAGE_RUNS = 5           # warm batch runs of each side, taken in turn; the best of each
+PAUSE = 1.0              # seconds before each of them, for the other side's threads to go idle
 
 
 def seed_cifar(path):
@@ -179,10 +182,10 @@ def page_in_ms_per_mb(mb=128):
     return 1000 * first / mb, 1000 * again / mb
 
 
-def ours_warm(book_path, model, folder, runs):
+def ours_batch(book_path, model, folder):
     """The batch run `verify --images` makes (xlcnn/verify/compare.py: the stage cells as
-    targets, the images as overrides of the input cells), repeated in one process: the first
-    run, then the best of ``runs`` after it (seconds)."""
+    targets, the images as overrides of the input cells), as a function to call repeatedly on
+    one book; it returns its seconds."""
     from xlcnn import manifest as mf
     from xlcnn.formula import evaluate, read_workbook
     from xlcnn.model import load
@@ -198,12 +201,12 @@ def ours_warm(book_path, model, folder, runs):
         mf.assemble(entries, layer, lambda *r: rects.append(r) or np.zeros((r[3] - r[1] + 1, r[4] - r[2] + 1)))
     evaluate(book)  # verify's own pass over the workbook comes first
     overrides = input_overrides(entries, layers[0], xb)
-    times = []
-    for _ in range(runs + 1):
+
+    def run():
         t = time.perf_counter()
         evaluate(book, overrides=overrides, targets=rects)
-        times.append(time.perf_counter() - t)
-    return times[0], min(times[1:])
+        return time.perf_counter() - t
+    return run
 
 
 def bench_images(book_path, model, count, tmp):
@@ -226,27 +229,35 @@ def bench_images(book_path, model, count, tmp):
     x = np.stack([np.asarray(Image.open(p).convert("L"), np.float32)[..., None] / 255.0
                   for p in sorted(folder.glob("*.png"))])
     keras_model = loaded.model if hasattr(loaded, "model") else loaded
-    # Like with like: each side's first full-batch call, and each side warm (the best of RUNS
-    # calls after its first).  Keras's warm-up is the very call timed: until session 6 this
+    # Like with like: each side's first full-batch call, and each side warm (below).  Keras's warm-up is the very call timed: until session 6 this
     # bench warmed it up on 8 images only, which left the full batch's retrace inside the
     # timing.  Ours warm is the same run as verify's, repeated on the same book.
     keras_model.predict(x[:8], verbose=0)
     t = time.perf_counter()
     keras_model.predict(x, verbose=0)
     keras_first = count / (time.perf_counter() - t)
-    times = []
-    for _ in range(RUNS):
+
+    def keras_run():
         t = time.perf_counter()
         keras_model.predict(x, verbose=0)
-        times.append(time.perf_counter() - t)
-    keras_warm = count / min(times)
-    _, best = ours_warm(book_path, model, folder, RUNS)
-    ours = count / best
+        return time.perf_counter() - t
+    ours_run = ours_batch(book_path, model, folder)
+    ours_run()  # its first run, as Keras's first call above
+    # Warm: the best of IMAGE_RUNS calls each, taken in turn (ours, Keras, ours, ...) so that
+    # the machine's drift falls on both alike, each after a pause: OpenBLAS's threads (ours) and
+    # TensorFlow's (Keras) keep spinning for a while after a call, and would take a core from
+    # the other side's next call (Keras ran at 1,096/s instead of 1,700/s right after ours).
+    def settled(run):
+        time.sleep(PAUSE)
+        return run()
+    times = [(settled(ours_run), settled(keras_run)) for _ in range(IMAGE_RUNS)]
+    ours = count / min(t for t, _ in times)
+    keras_warm = count / min(t for _, t in times)
     fresh, again = page_in_ms_per_mb()
     print(f"\n{count} images through the LeNet-size workbook's formulas (top-1 agreement "
           f"{report.top1_agreement:.1%}, worst error/scale {report.batch_worst_error:.1e})")
     print(f"  {'figure':<44} {'xlcnn':>12} {'Keras predict':>14} {'ratio':>9} {'goal':>10}")
-    row(f"images/s warm (best of {RUNS} after a first run)", f"{ours:,.0f}/s", f"{keras_warm:,.0f}/s",
+    row(f"images/s warm (best of {IMAGE_RUNS} after a first run)", f"{ours:,.0f}/s", f"{keras_warm:,.0f}/s",
         f"{ours / keras_warm:.2f}", f">= {GOAL_IMAGES}", ours / keras_warm >= GOAL_IMAGES)
     print(f"  {'images/s, first full-batch run (verify --images)':<44} {ours_first:>10,.0f}/s "
           f"{keras_first:>12,.0f}/s {ours_first / keras_first:>9.2f} {'(no goal)':>10}")
