@@ -10,9 +10,10 @@ the virtual machines this project runs on a fresh page costs 0.2-1.4 ms per MB
 keep_freed_memory() lets the process keep what it has freed for its next arrays: blocks up to
 32 MB (glibc's largest setting) come from the heap, and the heap is trimmed only past 1 GB free.
 Freed blocks are reused, so the peak barely moves (seed CIFAR-10 verify: 364-370 MB -> 392 MB);
-what changes is that memory is not handed back until the command ends.  It is called by the command line (xlcnn/cli.py) for the
-whole command, not by the library: a program that imports xlcnn keeps its own settings.  A user
-who set MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES keeps theirs.
+what changes is that memory is not handed back until the command ends.  It is called by the
+command line (xlcnn/cli.py) for the whole command, not by the library: a program that imports
+xlcnn keeps its own settings.  A user who set MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or
+GLIBC_TUNABLES keeps theirs.
 """
 
 import ctypes
