@@ -192,6 +192,38 @@ def test_aggregates_ignore_empty_and_text(tmp_path):
     assert got == [3.0, 4.0, -2.0, 1.0, 3.0, 17.0, 0.0, 0.0, -5.0, 1.0, 1.5, 0.0, 21.0, 5.0, 0.0]
 
 
+def test_max_and_min_of_single_cells_as_a_relu_writes_them(tmp_path):
+    """MAX/MIN over one cell per argument (a ReLU's MAX(0,A1), copied down a column) take the
+    cell as it is: numbers, errors that propagate, empty and text cells ignored (no numbers at
+    all: 0); single and batched, and a result never shares memory with the sheet it came from."""
+    cells = {"A1": 3.0, "A2": -2.0, "A3": None, "A4": "text", "A5": "=0/0", "A6": 0.5}  # A5: #DIV/0! as NaN
+    for r in range(1, 7):  # one class each: the same formula down the column
+        cells[f"B{r}"] = f"=MAX(0,A{r})"
+        cells[f"C{r}"] = f"=MIN(A{r},1)"
+        cells[f"D{r}"] = f"=MAX(A{r})"
+    cells.update({"E1": "=MAX($A$1)", "E2": "=MIN($A$2,$A$6)"})
+    book = make_book(tmp_path, {"S": cells})
+    res = evaluate(book)
+    col = lambda c: [res.value("S", r, c) for r in range(6)]  # noqa: E731
+    assert col(1)[:4] == [3.0, 0.0, 0.0, 0.0] and np.isnan(col(1)[4]) and col(1)[5] == 0.5
+    assert col(2)[:4] == [1.0, -2.0, 1.0, 1.0] and np.isnan(col(2)[4]) and col(2)[5] == 0.5
+    assert col(3)[:4] == [3.0, -2.0, 0.0, 0.0] and np.isnan(col(3)[4]) and col(3)[5] == 0.5
+    assert [res.value("S", 0, 4), res.value("S", 1, 4)] == [3.0, -2.0]
+    xb = np.array([1.0, -1.0, 5.0])
+    batched = evaluate(book, {("S", 0, 0): xb, ("S", 1, 0): -xb})
+    np.testing.assert_array_equal(batched.value("S", 0, 1), [1.0, 0.0, 5.0])
+    np.testing.assert_array_equal(batched.value("S", 1, 1), [0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(batched.value("S", 0, 2), [1.0, -1.0, 1.0])
+    np.testing.assert_array_equal(batched.value("S", 0, 4), xb)
+    np.testing.assert_array_equal(batched.value("S", 1, 4), [-1.0, 0.5, -5.0])
+    from xlcnn.formula.functions import _aggregate
+    from xlcnn.formula.values import Rng
+    sheet = np.arange(6.0).reshape(1, 6, 1, 1)
+    out = _aggregate([Rng(sheet, None)], "max")
+    np.testing.assert_array_equal(out, np.arange(6.0)[None])
+    assert not np.shares_memory(out, sheet)
+
+
 def test_sumproduct_many_arrays_and_shape_mismatch(tmp_path):
     a, b, c = np.arange(1, 7.0), np.arange(7, 13.0), np.linspace(-1, 1, 6)
     cells = {}

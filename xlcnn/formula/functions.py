@@ -68,7 +68,9 @@ def _aggregate(args, kind):
                 part, n = ok.sum((-2, -1)), 0
             else:
                 n = v.shape[-2] * v.shape[-1] if mk is None else mk.sum((-2, -1))
-                if kind == "max":
+                if kind in ("max", "min") and mk is None and v.shape[-2:] == (1, 1):  # MAX(0,A1):
+                    part = v[..., 0, 0]  # one cell each, as itself: no reduction to allocate
+                elif kind == "max":
                     part = (v if mk is None else np.where(mk, v, -np.inf)).max((-2, -1))
                 elif kind == "min":
                     part = (v if mk is None else np.where(mk, v, np.inf)).min((-2, -1))
@@ -89,6 +91,8 @@ def _aggregate(args, kind):
             total = total + part
     total = np.asarray(total, np.float64)
     if kind in ("max", "min"):
+        if isinstance(count, int) and count > 0 and total.flags.owndata:
+            return total  # a number in every cell's arguments, and an array of its own
         return np.where(np.asarray(count) == 0, 0.0, total)  # no numbers at all: 0, as Excel
     if kind == "average":
         return total / count
