@@ -934,6 +934,11 @@ def test_vectorised_equals_one_by_one_on_hand_written_formulas(tmp_path, monkeyp
     fast = evaluate(book)
     classes = book.program.classes
     assert sum(c.hosts is not None for c in classes) >= 1  # o1 and o2 together
+    from xlcnn.formula.schedule import by_sheet
+    for c in classes:  # a class over many sheets lies sheet by sheet: each sheet's part a slice
+        if c.hosts is not None:
+            assert (np.diff(c.hosts) >= 0).all()
+            assert all(isinstance(sel, slice) for _, sel, _, _ in by_sheet(c, None))
     plans = [c.gather.get("dot") for c in classes if "dot" in c.gather]
     assert any(p is not False and p[2] for p in plans)  # a matrix product was used...
     assert any(p is False for p in plans)  # ...and the text range fell back to SUMPRODUCT

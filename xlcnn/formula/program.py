@@ -108,7 +108,12 @@ def _compile(book):
         own_sheet = any(isinstance(n, Ref) and n.sheet is None for n in walk(ast))
         if (on == on[0]).all() or not own_sheet:
             # every reference names its sheet: one class may write to many sheets (the same
-            # convolution formula on each output channel's sheet)
+            # convolution formula on each output channel's sheet), its cells sheet by sheet, so
+            # that its values for one sheet are a slice (schedule.by_sheet)
+            order = np.argsort(on, kind="stable")
+            if (order != np.arange(len(order))).any():
+                cells, on = cells[order], on[order]
+                R_all, C_all = R_all[order], C_all[order]
             per_sheet = [np.arange(len(cells))]
         else:  # references to the formula's own sheet: classes are per sheet
             order = np.argsort(on, kind="stable")

@@ -22,7 +22,15 @@ def by_sheet(cls, sub):
     hosts = cls.hosts if sub is None else cls.hosts[sub]
     order = np.argsort(hosts, kind="stable")
     cuts = np.flatnonzero(np.diff(hosts[order])) + 1
-    return [(int(hosts[g[0]]), g, rows[g], cols[g]) for g in np.split(order, cuts)]
+    return [(int(hosts[g[0]]), _run(g), rows[g], cols[g]) for g in np.split(order, cuts)]
+
+
+def _run(g):
+    """Positions g as a slice when they are consecutive (a class's cells usually lie sheet
+    after sheet): a class's values for one sheet are then a view, not a copy."""
+    if len(g) and int(g[-1]) - int(g[0]) == len(g) - 1 and (len(g) < 2 or (np.diff(g) == 1).all()):
+        return slice(int(g[0]), int(g[-1]) + 1)
+    return g
 
 
 def at(v, sub):
