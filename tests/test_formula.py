@@ -966,6 +966,11 @@ def test_vectorised_equals_one_by_one_on_an_xlcnn_workbook(tmp_path, monkeypatch
     book = read_workbook(out)
     fast = evaluate(book)
     assert len(book.program.classes) < len(book.formulas) / 50
+    from xlcnn.formula.schedule import by_sheet
+    many = [c for c in book.program.classes if c.hosts is not None]
+    assert len(many) >= 2  # the convolutions: one class over their channels' sheets...
+    for c in many:  # ...read from shared formulas that interleave the sheets, kept sheet by sheet
+        assert all(isinstance(sel, slice) for _, sel, _, _ in by_sheet(c, None))
     slow = evaluate_one_by_one(book, monkeypatch)
     for (sheet, r, c) in book.formulas:
         a, b = fast.value(sheet, r, c), slow.value(sheet, r, c)
