@@ -4,7 +4,7 @@ glibc returns freed memory at the top of the heap to the system once more than a
 free, and serves every block above another threshold with a fresh mmap.  Both thresholds start
 at 128 KB and only creep up as blocks are freed, so a batch run, whose arrays of 1-30 MB are
 allocated and freed class after class, keeps giving pages back and faulting them in again.  On
-the virtual machines this project runs on a fresh page costs 0.2-1.4 ms per MB
+the virtual machines this project runs on a fresh page costs 0.2-2 ms per MB
 (bench/bench_verify.py prints the figure of the day), more than the arithmetic on it.
 
 keep_freed_memory() lets the process keep what it has freed for its next arrays: blocks up to
