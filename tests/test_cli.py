@@ -128,7 +128,8 @@ def test_transparent_png_is_flattened_onto_white(tmp_path):
 
 
 _FAULTS = """
-import resource, sys
+import ctypes, resource, sys
+ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: one fault per 4 KB page, any THP mode
 import numpy as np
 from xlcnn.memory import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else False
