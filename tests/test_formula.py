@@ -1125,9 +1125,8 @@ def test_batch_equals_per_image_on_an_xlcnn_workbook(tmp_path):
         for sheet, values in want.items():
             np.testing.assert_allclose(got[sheet][b], values, rtol=1e-11, atol=1e-12, err_msg=sheet)
     # only the stages (targets): the same stage values, the rest of the formulas left out
-    rects = []
-    for name in mf.layers(entries)[1:]:
-        mf.assemble(entries, name, lambda *r: rects.append(r) or np.zeros((r[3] - r[1] + 1, r[4] - r[2] + 1)))
+    from xlcnn.verify.compare import stage_targets
+    rects = stage_targets(entries, mf.layers(entries)[1:])
     full = evaluate(book, input_overrides(entries, layer, xb))
     part = evaluate(book, input_overrides(entries, layer, xb), targets=rects)
     for sheet, r0, c0, r1, c1 in rects:

@@ -84,6 +84,15 @@ def compare_stage(entries, layer, got, want, atol, rtol):
 
 
 
+def stage_targets(entries, layer_names):
+    """The cells of the stages ``layer_names`` as evaluate()'s targets [(sheet, r0, c0, r1, c1)]:
+    a batch runs only the formulas they depend on (no gallery, traces or overview)."""
+    rects = []
+    for layer in layer_names:
+        mf.assemble(entries, layer, lambda *r: rects.append(r) or np.zeros((r[3] - r[1] + 1, r[4] - r[2] + 1)))
+    return rects
+
+
 def compare_batch(report, book, entries, input_layer, layer_names, loaded, about, images_dir, say):
     from ..formula import evaluate
     folder = Path(images_dir)
@@ -94,9 +103,7 @@ def compare_batch(report, book, entries, input_layer, layer_names, loaded, about
         raise XlcnnError(f"--images {folder} holds no png/jpg/bmp/gif/npy files")
     say(f"preparing {len(files)} images")
     xb = np.stack([prepare_like(p, loaded, about) for p in files])
-    rects = []  # the stage cells: only the formulas they depend on run (no gallery, traces...)
-    for layer in layer_names:
-        mf.assemble(entries, layer, lambda *r: rects.append(r) or np.zeros((r[3] - r[1] + 1, r[4] - r[2] + 1)))
+    rects = stage_targets(entries, layer_names)
     t = time.perf_counter()
     result = evaluate(book, overrides=input_overrides(entries, input_layer, xb), targets=rects)
     report.batch_seconds = time.perf_counter() - t
