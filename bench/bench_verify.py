@@ -9,12 +9,12 @@ The floor is importing Keras and loading the model, timed in a fresh process; "v
 floor" is a fresh process running the whole `verify()` minus that floor; each is the best of
 RUNS processes, run alternately.  Images per second are compared like with like: warm (the best of
 IMAGE_RUNS runs after a first one, the two sides taken in turn) for Keras predict and for the run
-`verify --images` makes, and each
-side's first full-batch run beside it, with how fast this machine pages in fresh memory (what a
-first run's swings come from).  verify imports Keras in
-a helper process while it reads and evaluates the workbook (xlcnn/verify/reference.py), so the
+`verify --images` makes, and each side's first full-batch run beside it, with how fast this
+machine pages in fresh memory (what a first run's swings come from).  verify imports Keras in a
+helper process while it reads and evaluates the workbook (xlcnn/verify/reference.py), so the
 engine's own time (read + evaluate in one process, nothing overlapped) is printed beside it.
-Peak memory is the verify process's peak RSS plus its helper's (TensorFlow is in the helper).  Prints figures; asserts nothing.
+Peak memory is the verify process's peak RSS plus its helper's (TensorFlow is in the helper).
+Prints figures; asserts nothing.
 (bench/bench_evaluator.py compares the engine alone against the `formulas` package.)
 """
 
@@ -169,9 +169,9 @@ def bench_model(name, model, image, tmp, use_lo):
 def page_in_ms_per_mb(mb=128):
     """How long this machine takes to hand a process fresh memory: a new process fills mb of
     never-touched pages, then fills them again.  On this project's VMs the first fill swings
-    from 0.2 to 1.4 ms/MB between runs minutes apart (the host reclaims idle guest memory), and
-    a batch's first run pages in a few hundred MB: that, not the arithmetic, is what makes a
-    first run's figure swing."""
+    from 0.35 to 2.1 ms/MB between runs minutes apart (the host reclaims idle guest memory), and
+    the batch's first run pages in about 70 MB: that, not the arithmetic, is what makes a first
+    run's figure swing."""
     code = ("import time, numpy as np\n"
             f"a = np.empty({mb} << 17)\n"
             "t = time.perf_counter(); a[...] = 1.0; t1 = time.perf_counter() - t\n"
@@ -189,6 +189,7 @@ def ours_batch(book_path, model, folder):
     from xlcnn import manifest as mf
     from xlcnn.formula import evaluate, read_workbook
     from xlcnn.model import load
+    from xlcnn.verify.compare import stage_targets
     from xlcnn.verify.engines import input_overrides, prepare_like
     from xlcnn.verify.reading import read_contract
     book = read_workbook(book_path)
@@ -196,9 +197,7 @@ def ours_batch(book_path, model, folder):
     layers = mf.layers(entries)
     loaded = load(model)
     xb = np.stack([prepare_like(p, loaded, about) for p in sorted(folder.glob("*.png"))])
-    rects = []
-    for layer in layers[1:]:
-        mf.assemble(entries, layer, lambda *r: rects.append(r) or np.zeros((r[3] - r[1] + 1, r[4] - r[2] + 1)))
+    rects = stage_targets(entries, layers[1:])
     evaluate(book)  # verify's own pass over the workbook comes first
     overrides = input_overrides(entries, layers[0], xb)
 
@@ -229,9 +228,10 @@ def bench_images(book_path, model, count, tmp):
     x = np.stack([np.asarray(Image.open(p).convert("L"), np.float32)[..., None] / 255.0
                   for p in sorted(folder.glob("*.png"))])
     keras_model = loaded.model if hasattr(loaded, "model") else loaded
-    # Like with like: each side's first full-batch call, and each side warm (below).  Keras's warm-up is the very call timed: until session 6 this
-    # bench warmed it up on 8 images only, which left the full batch's retrace inside the
-    # timing.  Ours warm is the same run as verify's, repeated on the same book.
+    # Like with like: each side's first full-batch call, and each side warm (below).  Keras's
+    # first call comes after a call on 8 images (until session 6 that was its only warm-up,
+    # which left the full batch's retrace inside the timing).  Ours warm is verify's run,
+    # repeated on one book.
     keras_model.predict(x[:8], verbose=0)
     t = time.perf_counter()
     keras_model.predict(x, verbose=0)
