@@ -200,7 +200,7 @@ def _put(V, rows, cols, val, sel):
     if np.ndim(val) == 2 and val.shape[0] == V.shape[0] > 1 and (several or val.shape[1] == len(rows)):
         src, dst = val.T, V.transpose(1, 2, 0)
         if src.flags.c_contiguous and dst.flags.c_contiguous:
-            dst[rows, cols] = (src[sel] if isinstance(sel, slice) else np.take(src, sel, axis=0)) if several else src
+            dst[rows, cols] = src[sel] if several else src  # sel: a slice (a view) or positions
             return
     V[:, rows, cols] = val[:, sel] if several else val
 

@@ -169,9 +169,10 @@ def _side_values(side, cx, b0, b1, buffer=None):
         cols = (left + np.arange(w)[:, None])[None, :, :]      # (1, w, windows)
         flat = (rows * M.shape[1] + cols).reshape(-1)          # cell (i, j) of window p
         box = M[int(top.min()):int(top.max()) + h, int(left.min()):int(left.max()) + w]
-        if not box.all():  # some window cells hold no number ('same' padding reads empty cells)
+        if b0 == 0 and not box.all():  # window cells holding no number ('same' padding)
             # A cell holding no number holds the same value for every image (empty 0, a text
-            # or boolean constant, a text formula's NaN): the first image's tells for all.
+            # or boolean constant, a text formula's NaN): the first image's tells for all, and
+            # the first slice of the batch (b0 0) for every slice.
             other = flat[~M.reshape(-1)[flat]]
             if (V[0][other // M.shape[1], other % M.shape[1]] != 0).any():
                 return None  # empty cells read as 0 and are 0; text and booleans are not
